@@ -163,8 +163,9 @@ class SceneSelection:
     def rows(self) -> list[tuple[str, pystac.Item]]:
         """(role, item) pairs in display order."""
         out: list[tuple[str, pystac.Item]] = []
-        for (period, orbit), items in sorted(self.s1.items()):
-            out += [(f"S1 {period} {orbit}", it) for it in items]
+        for period in ("pre", "post"):
+            for orbit in ("ascending", "descending"):
+                out += [(f"S1 {period} {orbit}", it) for it in self.s1.get((period, orbit), [])]
         for period in ("pre", "post"):
             out += [(f"S2 {period}", it) for it in self.s2.get(period, [])]
         out += [("DEM", it) for it in self.dem]

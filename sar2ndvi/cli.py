@@ -17,7 +17,10 @@ from rich.table import Table
 import sar2ndvi
 from sar2ndvi.errors import Sar2ndviError
 
-console = Console(stderr=False)
+console = Console()
+if not console.is_terminal:
+    # piped or captured: no terminal width to respect, and folded ids are unreadable
+    console = Console(width=200)
 err_console = Console(stderr=True)
 
 
@@ -37,7 +40,8 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except Sar2ndviError as err:
-            err_console.print(f"[bold red]error:[/] {err}", highlight=False)
+            # one unwrapped line, so that it can be read in logs and grepped
+            err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
             sys.exit(2)
 
 
@@ -77,21 +81,44 @@ def _scene_options(f: Any) -> Any:
         help="Date of the simulated earthquake (UTC).",
     )(f)
     f = click.option(
+        "--pre-days",
+        type=int,
+        default=36,
+        show_default=True,
+        help="Length of the pre-event acquisition window, days.",
+    )(f)
+    f = click.option(
+        "--post-days",
+        type=int,
+        default=36,
+        show_default=True,
+        help="Length of the post-event acquisition window, days.",
+    )(f)
+    f = click.option(
         "--overwrite", is_flag=True, help="Replace an output folder that holds something else."
     )(f)
     return f
 
 
-def _config(seed: int, size: tuple[int, int], dem: str | None, event_date: Any) -> Any:
+def _config(
+    seed: int,
+    size: tuple[int, int],
+    dem: str | None,
+    event_date: Any,
+    pre_days: int,
+    post_days: int,
+) -> Any:
+    """The SceneConfig of the scene options (validated: bad values raise InputError)."""
     from sar2ndvi.synth.config import SceneConfig
 
-    terrain = "fractal" if dem == "fractal" else "dem"
     return SceneConfig(
         seed=seed,
         size=size,
-        terrain=terrain,
+        terrain="fractal" if dem == "fractal" else "dem",
         dem=None if dem in (None, "fractal") else dem,
         event_date=date(event_date.year, event_date.month, event_date.day),
+        pre_days=pre_days,
+        post_days=post_days,
     )
 
 
@@ -103,13 +130,11 @@ def _config(seed: int, size: tuple[int, int], dem: str | None, event_date: Any) 
     help="The scene folder to create.",
 )
 @_scene_options
-def simulate(
-    out: Path, seed: int, size: tuple[int, int], dem: str | None, event_date: Any, overwrite: bool
-) -> None:
+def simulate(out: Path, overwrite: bool, **scene_options: Any) -> None:
     """Simulate a study area before and after an earthquake: COGs, STAC items, truth."""
     from sar2ndvi.synth.scene import simulate as run
 
-    config = _config(seed, size, dem, event_date)
+    config = _config(**scene_options)
     start = time.perf_counter()
     scene = run(config, out, overwrite=overwrite, progress=True)
     _print_scene(scene, time.perf_counter() - start)
@@ -129,7 +154,7 @@ def _print_scene(scene: Any, seconds: float) -> None:
     )
     for c, n in m["collections"].items():
         table.add_row(c, f"{n} items")
-    table.add_row("time", f"{seconds:.1f} s")
+    table.add_row("time", f"{seconds:.1f} s" if seconds > 0.5 else "reused (already complete)")
     console.print(table)
 
 
@@ -255,15 +280,13 @@ def _print_items(rows: list[tuple[str, Any]], title: str) -> None:
     help="Working folder.",
 )
 @_scene_options
-def demo(
-    out: Path, seed: int, size: tuple[int, int], dem: str | None, event_date: Any, overwrite: bool
-) -> None:
+def demo(out: Path, overwrite: bool, **scene_options: Any) -> None:
     """The main job on the embedded default: simulate, serve as a STAC API, search."""
     from sar2ndvi.catalog import find_scenes
     from sar2ndvi.synth.scene import simulate as run
     from sar2ndvi.synth.server import serve_scene
 
-    config = _config(seed, size, dem, event_date)
+    config = _config(**scene_options)
     console.rule("[bold]1/3 simulate the study area")
     start = time.perf_counter()
     scene = run(config, out / "scene", overwrite=overwrite, progress=True)
@@ -281,4 +304,7 @@ def demo(
         )
         rows = selection.rows()
         _print_items(rows, f"{len(rows)} scenes around the {config.event_date} event")
-    console.print(f"[green]done[/]: scene in {scene.path}; truth layers in {scene.path / 'truth'}")
+    console.print(
+        f"[green]done[/]: scene in {scene.path}; truth layers in {scene.path / 'truth'}",
+        soft_wrap=True,
+    )

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -12,20 +10,8 @@ from sar2ndvi.synth.config import SceneConfig
 from sar2ndvi.synth.scene import Scene, simulate
 from sar2ndvi.synth.server import StacServer, serve_scene
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-FIXTURES = SHARED / "fixtures" / "stac"
-
 #: Rows x cols of the test scene: small, and not square, so row/column mix-ups show.
 TEST_SIZE = (160, 224)
-
-
-def load_fixture(name: str) -> list[dict]:
-    """The real Planetary Computer items of shared/fixtures/stac/<name>-pc.json."""
-    path = FIXTURES / f"{name}-pc.json"
-    if not path.exists():
-        pytest.skip(f"real STAC fixtures not found at {path}")
-    return list(json.loads(path.read_text()))
 
 
 @pytest.fixture(scope="session")

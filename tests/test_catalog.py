@@ -15,8 +15,14 @@ from sar2ndvi.errors import InputError
 from sar2ndvi.synth.server import free_port
 
 NUMBERS = st.one_of(st.integers(-1000, 1000), st.floats(-1e6, 1e6, allow_nan=False))
-REFERENCE = {"eq": operator.eq, "neq": operator.ne, "lt": operator.lt, "lte": operator.le,
-             "gt": operator.gt, "gte": operator.ge}
+REFERENCE = {
+    "eq": operator.eq,
+    "neq": operator.ne,
+    "lt": operator.lt,
+    "lte": operator.le,
+    "gt": operator.gt,
+    "gte": operator.ge,
+}
 
 
 @given(value=NUMBERS, threshold=NUMBERS, op=st.sampled_from(sorted(REFERENCE)))
@@ -24,12 +30,16 @@ def test_numeric_conditions_agree_with_python(value, threshold, op):
     assert matches({"p": value}, {"p": {op: threshold}}) == REFERENCE[op](value, threshold)
 
 
-@given(values=st.lists(st.sampled_from(["VV", "VH", "HH", "HV"]), max_size=4),
-       wanted=st.lists(st.sampled_from(["VV", "VH", "HH", "HV"]), min_size=1, max_size=2))
+@given(
+    values=st.lists(st.sampled_from(["VV", "VH", "HH", "HV"]), max_size=4),
+    wanted=st.lists(st.sampled_from(["VV", "VH", "HH", "HV"]), min_size=1, max_size=2),
+)
 def test_contains_means_every_wanted_value_is_present(values, wanted):
     expected = all(w in values for w in wanted)
-    assert matches({"sar:polarizations": values},
-                   {"sar:polarizations": {"contains": wanted}}) == expected
+    assert (
+        matches({"sar:polarizations": values}, {"sar:polarizations": {"contains": wanted}})
+        == expected
+    )
 
 
 def test_missing_property_fails_all_but_neq():
@@ -45,8 +55,9 @@ def test_unknown_operator_is_refused():
 
 def test_property_filters_are_applied_on_the_client(stac_api, scene):
     # rustac's in-memory API ignores `query`, so the orbit filter must work client-side.
-    found = search(stac_api.url, collections=["sentinel-1-rtc"],
-                   query={"sat:orbit_state": {"eq": "ascending"}})
+    found = search(
+        stac_api.url, collections=["sentinel-1-rtc"], query={"sat:orbit_state": {"eq": "ascending"}}
+    )
     expected = set()
     for path in scene.item_paths("sentinel-1-rtc"):
         item = json.loads(path.read_text())
@@ -58,8 +69,9 @@ def test_property_filters_are_applied_on_the_client(stac_api, scene):
 
 
 def test_cloud_filter(stac_api, scene):
-    found = search(stac_api.url, collections=["sentinel-2-l2a"],
-                   query={"eo:cloud_cover": {"lte": 20}})
+    found = search(
+        stac_api.url, collections=["sentinel-2-l2a"], query={"eo:cloud_cover": {"lte": 20}}
+    )
     clouds = {}
     for path in scene.item_paths("sentinel-2-l2a"):
         item = json.loads(path.read_text())
@@ -68,8 +80,13 @@ def test_cloud_filter(stac_api, scene):
 
 
 def test_scenes_by_role(stac_api, scene, scene_config):
-    selection = find_scenes(stac_api.url, scene.bbox, scene_config.event_datetime,
-                            pre_days=scene_config.pre_days, post_days=scene_config.post_days)
+    selection = find_scenes(
+        stac_api.url,
+        scene.bbox,
+        scene_config.event_datetime,
+        pre_days=scene_config.pre_days,
+        post_days=scene_config.post_days,
+    )
     event = scene_config.event_datetime
     for (period, orbit), items in selection.s1.items():
         assert items, (period, orbit)

@@ -28,6 +28,7 @@ def _items(scene, collection):
 
 # --- determinism ---------------------------------------------------------------------------
 
+
 def test_same_seed_same_bytes_and_another_seed_differs(tmp_path):
     a = simulate(SceneConfig(seed=3, size=TINY), tmp_path / "a", progress=False)
     b = simulate(SceneConfig(seed=3, size=TINY), tmp_path / "b", progress=False)
@@ -52,6 +53,7 @@ def test_manifest_lists_every_file_with_its_checksum(scene):
 
 
 # --- physics, read back from the products -------------------------------------------------
+
 
 def _ndvi_from_s2(path, item):
     def reflectance(band):
@@ -129,7 +131,10 @@ def test_landslides_strip_vegetation_on_steep_slopes(scene):
         pytest.skip("too few landslide pixels in the test scene")
     slope = _read(scene.truth("slope"))[0]
     pre, post = _read(scene.truth("ndvi_pre"))[0], _read(scene.truth("ndvi_post"))[0]
-    assert slope[slides].mean() > slope.mean() + 5
+    # Slides start on steep ground and run out onto gentler slopes: their pixels are
+    # steeper on average, and steep (> 30 deg) ground is clearly over-represented.
+    assert slope[slides].mean() > slope.mean() + 3
+    assert (slope[slides] > 30).mean() > 1.3 * (slope > 30).mean()
     assert np.median(post[slides]) < 0.25
     assert pre[slides].mean() - post[slides].mean() > 0.2
     np.testing.assert_array_equal(pre[~slides], post[~slides])
@@ -141,15 +146,23 @@ def test_dem_product_reprojects_back_onto_the_terrain(scene):
     for path, item in _items(scene, "cop-dem-glo-30"):
         with rasterio.open(path.parent / item["assets"]["data"]["href"]) as ds:
             part = np.full(truth.shape, np.nan, np.float32)
-            reproject(ds.read(1), part, src_transform=ds.transform, src_crs=ds.crs,
-                      dst_transform=profile["transform"], dst_crs=profile["crs"],
-                      dst_nodata=np.nan, resampling=Resampling.bilinear)
+            reproject(
+                ds.read(1),
+                part,
+                src_transform=ds.transform,
+                src_crs=ds.crs,
+                dst_transform=profile["transform"],
+                dst_crs=profile["crs"],
+                dst_nodata=np.nan,
+                resampling=Resampling.bilinear,
+            )
             back = np.where(np.isnan(back), part, back)
     assert not np.isnan(back).any()
     assert np.median(np.abs(back - truth)) < 10.0  # a 30 m DEM of 10 m terrain
 
 
 # --- the output folder ----------------------------------------------------------------------
+
 
 def test_rerun_reuses_a_complete_scene(tmp_path):
     config = SceneConfig(seed=1, size=TINY)
@@ -199,8 +212,9 @@ def test_an_interrupted_run_leaves_nothing_that_looks_complete(tmp_path, monkeyp
 
 
 def test_fractal_terrain_scene(tmp_path):
-    scene = simulate(SceneConfig(seed=2, size=TINY, terrain="fractal"), tmp_path / "f",
-                     progress=False)
+    scene = simulate(
+        SceneConfig(seed=2, size=TINY, terrain="fractal"), tmp_path / "f", progress=False
+    )
     elevation = _read(scene.truth("elevation"))[0]
     assert elevation.shape == TINY
     assert elevation.max() - elevation.min() > 50
@@ -209,8 +223,9 @@ def test_fractal_terrain_scene(tmp_path):
 
 def test_a_dem_without_crs_is_refused(tmp_path):
     path = tmp_path / "nocrs.tif"
-    with rasterio.open(path, "w", driver="GTiff", width=400, height=400, count=1,
-                       dtype="float32") as ds:
+    with rasterio.open(
+        path, "w", driver="GTiff", width=400, height=400, count=1, dtype="float32"
+    ) as ds:
         ds.write(np.zeros((400, 400), np.float32), 1)
     with pytest.raises(InputError, match="CRS"):
         simulate(SceneConfig(size=TINY, dem=str(path)), tmp_path / "s", progress=False)

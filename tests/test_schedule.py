@@ -15,8 +15,11 @@ def test_plan_has_several_scenes_per_orbit_and_period(seed):
     event = config.event_datetime
     for period in ("pre", "post"):
         for orbit in ("ascending", "descending"):
-            s1 = [a for a in acqs if a.sensor == "s1" and a.period == period
-                  and a.orbit_state == orbit]
+            s1 = [
+                a
+                for a in acqs
+                if a.sensor == "s1" and a.period == period and a.orbit_state == orbit
+            ]
             assert len(s1) == config.pre_days // config.s1_repeat_days
             gaps = {b.start - a.start for a, b in itertools.pairwise(s1)}
             assert gaps <= {timedelta(days=12)}
@@ -27,7 +30,8 @@ def test_plan_has_several_scenes_per_orbit_and_period(seed):
         assert event - timedelta(days=36) <= a.start <= event + timedelta(days=36)
     for sensor in ("s1", "s2"):
         assert [a.index for a in acqs if a.sensor == sensor] == list(
-            range(sum(a.sensor == sensor for a in acqs)))
+            range(sum(a.sensor == sensor for a in acqs))
+        )
 
 
 def test_plan_is_deterministic():

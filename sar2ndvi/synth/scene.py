@@ -66,6 +66,7 @@ TERRAIN_MARGIN = 24
 #: Fresh landslide debris is rougher than the soil it replaced: extra soil backscatter, dB.
 LANDSLIDE_ROUGHNESS_DB = 2.5
 ENL = 4.4
+FRACTAL_BASE_M, FRACTAL_RELIEF_M, FRACTAL_RELIEF_WIDTH_PX = 300.0, 2000.0, 2048
 NEW_BASELINE, OLD_BASELINE = "05.10", "03.01"
 
 
@@ -226,7 +227,15 @@ def _terrain(config: SceneConfig) -> Terrain:
     rows, cols = config.size
     padded = (rows + 2 * TERRAIN_MARGIN, cols + 2 * TERRAIN_MARGIN)
     if config.terrain == "fractal":
-        return fractal_terrain(padded, rng_for(config.seed, "terrain"), config.resolution)
+        # Fractal relief is scaled to the scene so that slopes stay mountain-like (median
+        # about 26 deg) at any size: 2000 m of relief suits a 20 km wide scene.
+        span = FRACTAL_RELIEF_M * min(1.0, max(padded) / FRACTAL_RELIEF_WIDTH_PX)
+        return fractal_terrain(
+            padded,
+            rng_for(config.seed, "terrain"),
+            config.resolution,
+            relief=(FRACTAL_BASE_M, FRACTAL_BASE_M + span),
+        )
     return terrain_from_dem(config.dem_path, padded, config.resolution)
 
 

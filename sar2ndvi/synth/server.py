@@ -23,8 +23,19 @@ from types import TracebackType
 from sar2ndvi.errors import ServerError
 from sar2ndvi.synth.scene import Scene
 
-#: Runs rustac's command line from the installed Python package, wherever its script is.
-_RUSTAC = "import sys; from rustac import main; sys.argv[0] = 'rustac'; sys.exit(main())"
+
+def rustac_executable() -> str:
+    """The `rustac` command of the `rustac` package: beside this interpreter, else on PATH."""
+    beside = Path(sys.executable).parent / "rustac"
+    if beside.is_file():
+        return str(beside)
+    found = shutil.which("rustac")
+    if found is None:
+        raise ServerError(
+            "the `rustac` command was not found beside this Python or on PATH; install the "
+            "rustac package (pip install rustac), which provides the STAC API server"
+        )
+    return found
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -115,9 +126,7 @@ class StacServer:
         self._cleanup.append(log_dir)
         self._log = log_dir / "server.log"
         cmd = [
-            sys.executable,
-            "-c",
-            _RUSTAC,
+            rustac_executable(),
             "serve",
             "--addr",
             f"{self.host}:{port}",

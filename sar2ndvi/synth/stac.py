@@ -245,16 +245,25 @@ _S2_REF = {
 
 
 def mgrs_tile(grid: Grid) -> str:
-    """The MGRS tile id (e.g. '11SLT') that holds the grid's centre."""
+    """The MGRS tile id (e.g. '11SLT') of the 100 km square that holds the grid's centre.
+
+    Sentinel-2 tiles belong to the UTM zone of their own CRS, even where (at high
+    latitude) a tile reaches beyond that zone's 6 degrees of longitude, so the zone comes
+    from the grid's CRS when it is a WGS 84 / UTM one.
+    """
     from pyproj import Transformer
 
     left, bottom, right, top = grid.bounds
     cx, cy = (left + right) / 2, (bottom + top) / 2
     lon, lat = Transformer.from_crs(grid.crs, "EPSG:4326", always_xy=True).transform(cx, cy)
-    zone = int((lon + 180) // 6) + 1
+    epsg = grid.crs.to_epsg() or 0
+    if 32601 <= epsg <= 32660 or 32701 <= epsg <= 32760:
+        zone, (e, n) = epsg % 100, (cx, cy)
+    else:
+        zone = int((lon + 180) // 6) + 1
+        utm = CRS.from_dict({"proj": "utm", "zone": zone, "south": lat < 0})
+        e, n = Transformer.from_crs("EPSG:4326", utm, always_xy=True).transform(lon, lat)
     band = "CDEFGHJKLMNPQRSTUVWX"[min(int((lat + 80) // 8), 19)]
-    utm = CRS.from_dict({"proj": "utm", "zone": zone, "south": lat < 0})
-    e, n = Transformer.from_crs("EPSG:4326", utm, always_xy=True).transform(lon, lat)
     column_sets = ("ABCDEFGH", "JKLMNPQR", "STUVWXYZ")
     column = column_sets[(zone - 1) % 3][int(e // 100_000) - 1]
     rows = "ABCDEFGHJKLMNPQRSTUV"
