@@ -221,6 +221,7 @@ def test_fractal_terrain_scene(tmp_path):
     assert scene.manifest["config"]["terrain"] == "fractal"
 
 
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 def test_a_dem_without_crs_is_refused(tmp_path):
     path = tmp_path / "nocrs.tif"
     with rasterio.open(
