@@ -1,10 +1,12 @@
-"""STAC search for Sentinel-1, Sentinel-2 and DEM scenes.
+"""STAC search for Sentinel-1, Sentinel-2 and DEM scenes, from APIs and static sources.
 
-Searches go through `pystac-client` against any STAC API. Property filters use the STAC
-query-extension syntax (``{"eo:cloud_cover": {"lt": 20}}``); they are sent to the API
-only when it declares the query conformance class (some servers, rustac's in-memory one
-among them, answer an unknown `query` with no items at all), and are always applied on
-the client as well, so every source gives the same selection.
+Searches go through `pystac-client` against any STAC API, with retries and backoff on
+429/5xx and timeouts. Static sources (a catalog.json, an ItemCollection, a
+stac-geoparquet file) go through the same selection on the client. Property filters use
+the STAC query-extension syntax (``{"eo:cloud_cover": {"lt": 20}}``); they are sent to an
+API only when it declares the query conformance class (some servers, rustac's in-memory
+one among them, answer an unknown `query` with no items at all), and are always applied
+on the client as well, so every source gives the same selection.
 """
 
 from __future__ import annotations
@@ -12,21 +14,36 @@ from __future__ import annotations
 import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
-from typing import Any
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pystac
 import pystac_client
 from pystac_client.conformance import ConformanceClasses
 from pystac_client.exceptions import APIError
+from pystac_client.stac_api_io import StacApiIO
+from shapely.geometry import box, shape
+from urllib3.util.retry import Retry
 
 from sar2ndvi.errors import InputError, Sar2ndviError
+from sar2ndvi.items import check_terrain_corrected
+
+if TYPE_CHECKING:
+    from sar2ndvi.recipe import Recipe, Source
 
 Query = Mapping[str, Mapping[str, Any]]
 
 
 class SearchError(Sar2ndviError, RuntimeError):
     """A STAC search failed; the message names the endpoint."""
+
+
+class EmptySearchError(SearchError):
+    """A search found nothing; the message names the collection, window and area."""
+
+
+# --- property conditions -----------------------------------------------------------------
 
 
 def _contains(value: Any, wanted: Any) -> bool:
@@ -82,6 +99,165 @@ def matches(properties: Mapping[str, Any], query: Query | None) -> bool:
     return True
 
 
+# --- time and space on the client ----------------------------------------------------------
+
+
+def _utc(t: datetime) -> datetime:
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+
+
+def _parse_instant(text: str, end: bool) -> datetime | None:
+    if text in ("", ".."):
+        return None
+    if len(text) == 10:  # a bare date: the whole day
+        day = datetime.fromisoformat(text)
+        return _utc(day + timedelta(days=1) - timedelta(microseconds=1) if end else day)
+    return _utc(datetime.fromisoformat(text.replace("Z", "+00:00")))
+
+
+def parse_interval(text: str) -> tuple[datetime | None, datetime | None]:
+    """An RFC 3339 instant or interval ('a/b', '../b', 'a/..') as UTC datetimes."""
+    if "/" in text:
+        start, end = text.split("/", 1)
+        return _parse_instant(start, False), _parse_instant(end, True)
+    return _parse_instant(text, False), _parse_instant(text, True)
+
+
+def item_time_range(item: pystac.Item) -> tuple[datetime, datetime]:
+    """(start, end) of an item in UTC: start/end_datetime when given, else its datetime.
+
+    Tolerates the space-separated timestamps some real items carry
+    ('2024-04-19 04:59:16.653405+00:00').
+    """
+    p = item.properties
+
+    def get(key: str) -> datetime | None:
+        value = p.get(key)
+        if not value:
+            return None
+        return _utc(datetime.fromisoformat(str(value).replace("Z", "+00:00")))
+
+    start = get("start_datetime") or get("datetime")
+    end = get("end_datetime") or get("datetime") or start
+    if start is None or end is None:
+        raise InputError(f"item {item.id} has no datetime nor start/end_datetime")
+    return start, end
+
+
+def filter_items(
+    items: Iterable[pystac.Item],
+    *,
+    collections: Sequence[str] | None = None,
+    bbox: Sequence[float] | None = None,
+    datetime: str | None = None,
+    query: Query | None = None,
+) -> list[pystac.Item]:
+    """The items that a STAC API search with these parameters would return, found locally.
+
+    Returns them ordered by (collection, datetime, id).
+    """
+    check_query(query)
+    area = box(*bbox) if bbox is not None else None
+    start, end = parse_interval(datetime) if datetime else (None, None)
+    kept = []
+    for item in items:
+        if collections is not None and item.collection_id not in collections:
+            continue
+        if area is not None:
+            footprint = shape(item.geometry) if item.geometry else box(*item.bbox)
+            if not footprint.intersects(area):
+                continue
+        if start is not None or end is not None:
+            first, last = item_time_range(item)
+            if (start is not None and last < start) or (end is not None and first > end):
+                continue
+        if matches(item.properties, query):
+            kept.append(item)
+    return _ordered(kept)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _ordered(items: Iterable[pystac.Item]) -> list[pystac.Item]:
+    def key(it: pystac.Item) -> tuple[str, datetime, str]:
+        t = it.datetime or _EPOCH
+        return (it.collection_id or "", _utc(t), it.id)
+
+    return sorted(items, key=key)
+
+
+# --- STAC APIs -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How hard to try a STAC API before giving up.
+
+    Attributes:
+        retries: attempts after the first, for connection errors, read timeouts and the
+            statuses in `statuses`.
+        backoff: seconds; the n-th retry waits backoff * 2**(n-1), or as long as a
+            Retry-After header asks.
+        timeout: (connect, read) seconds per request.
+        statuses: HTTP statuses worth retrying.
+    """
+
+    retries: int = 4
+    backoff: float = 0.5
+    timeout: tuple[float, float] = (5.0, 60.0)
+    statuses: tuple[int, ...] = (429, 500, 502, 503, 504)
+
+    def stac_io(self, headers: Mapping[str, str] | None = None) -> StacApiIO:
+        retry = Retry(
+            total=self.retries,
+            connect=self.retries,
+            read=self.retries,
+            status=self.retries,
+            backoff_factor=self.backoff,
+            status_forcelist=self.statuses,
+            allowed_methods=None,  # POST searches are idempotent: retry them too
+            respect_retry_after_header=True,
+            raise_on_status=False,
+        )
+        return StacApiIO(headers=dict(headers or {}), timeout=self.timeout, max_retries=retry)
+
+
+def _signer(sign: str | None) -> Callable[[Any], None] | None:
+    if sign is None:
+        return None
+    if sign != "planetary-computer":
+        raise InputError(
+            f"unknown URL signing {sign!r}; the only one known is 'planetary-computer'"
+        )
+    try:
+        import planetary_computer
+    except ImportError:
+        raise InputError(
+            "signing Planetary Computer URLs needs the planetary-computer package: "
+            "pip install 'sar2ndvi[pc]'"
+        ) from None
+    return planetary_computer.sign_inplace  # type: ignore[no-any-return]
+
+
+def open_client(
+    api_url: str, *, sign: str | None = None, retry: RetryPolicy | None = None
+) -> pystac_client.Client:
+    """A pystac-client Client with retries; SearchError names the endpoint on failure."""
+    retry = retry or RetryPolicy()
+    try:
+        return pystac_client.Client.open(api_url, stac_io=retry.stac_io(), modifier=_signer(sign))
+    except InputError:
+        raise
+    except Exception as err:  # requests' ConnectionError, APIError, bad JSON, ...
+        raise SearchError(f"cannot open the STAC API at {api_url}: {_short(err)}") from err
+
+
+def _short(err: BaseException, limit: int = 300) -> str:
+    text = f"{type(err).__name__}: {err}"
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def search(
     api_url: str,
     *,
@@ -91,8 +267,11 @@ def search(
     query: Query | None = None,
     max_items: int | None = None,
     page_size: int = 100,
+    sign: str | None = None,
+    retry: RetryPolicy | None = None,
+    client: pystac_client.Client | None = None,
 ) -> list[pystac.Item]:
-    """Search a STAC API and apply `query` on the client too.
+    """Search a STAC API and apply `query` (and the area and window) on the client too.
 
     Args:
         api_url: the API's landing page.
@@ -102,17 +281,15 @@ def search(
         query: property conditions in query-extension syntax.
         max_items: stop after this many items (before client-side filtering).
         page_size: items per page requested from the API.
+        sign: "planetary-computer" to sign asset URLs.
+        retry: retry policy (default: 4 retries with exponential backoff).
+        client: an already opened client for `api_url` (saves the landing-page request).
 
     Returns:
         The matching items, ordered by (collection, datetime, id).
     """
     check_query(query)
-    try:
-        client = pystac_client.Client.open(api_url)
-    except (APIError, OSError, pystac.STACError) as err:
-        raise SearchError(f"cannot open the STAC API at {api_url}: {err}") from err
-    except Exception as err:  # requests' ConnectionError and friends
-        raise SearchError(f"cannot reach the STAC API at {api_url}: {err}") from err
+    client = client or open_client(api_url, sign=sign, retry=retry)
     send_query = query if query and client.conforms_to(ConformanceClasses.QUERY) else None
     try:
         found = client.search(
@@ -125,14 +302,70 @@ def search(
         )
         items = list(found.items())
     except APIError as err:
-        raise SearchError(f"the STAC API at {api_url} refused the search: {err}") from err
+        raise SearchError(f"the STAC API at {api_url} refused the search: {_short(err)}") from err
     except Exception as err:
-        raise SearchError(f"searching the STAC API at {api_url} failed: {err}") from err
-    kept = [it for it in items if matches(it.properties, query)]
-    return sorted(kept, key=lambda it: (it.collection_id or "", it.datetime or _EPOCH, it.id))
+        raise SearchError(f"searching the STAC API at {api_url} failed: {_short(err)}") from err
+    return filter_items(items, collections=collections, bbox=bbox, datetime=datetime, query=query)
 
 
-_EPOCH = datetime(1970, 1, 1)
+# --- static sources ------------------------------------------------------------------------
+
+
+def read_static_items(kind: str, path: str | Path) -> list[pystac.Item]:
+    """Every item of a static source, with absolute asset hrefs.
+
+    Args:
+        kind: "static" (a catalog or collection JSON, walked recursively),
+            "itemcollection" (a GeoJSON FeatureCollection of items, or a JSON list of
+            items) or "geoparquet" (a stac-geoparquet file).
+        path: the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"source: {path} does not exist or is not a file")
+    try:
+        if kind == "static":
+            root = pystac.read_file(str(path))
+            if not isinstance(root, pystac.Catalog):
+                raise InputError(
+                    f"source: {path} is a {type(root).__name__}, not a catalog "
+                    "or collection; use type = 'itemcollection' for items"
+                )
+            items = list(root.get_items(recursive=True))
+            for it in items:
+                it.make_asset_hrefs_absolute()
+            return items
+        if kind == "itemcollection":
+            import json
+
+            data = json.loads(path.read_text())
+            features = data if isinstance(data, list) else data.get("features", [])
+            items = [pystac.Item.from_dict(f) for f in features]
+            return [_absolute_assets(it, path.parent) for it in items]
+        if kind == "geoparquet":
+            import rustac
+
+            data = rustac.read_sync(str(path))
+            return [
+                _absolute_assets(pystac.Item.from_dict(f), path.parent)
+                for f in data.get("features", [])
+            ]
+    except InputError:
+        raise
+    except Exception as err:
+        raise InputError(f"source: cannot read {kind} {path}: {_short(err)}") from err
+    raise InputError(f"source: unknown static source type {kind!r}")
+
+
+def _absolute_assets(item: pystac.Item, base: Path) -> pystac.Item:
+    for asset in item.assets.values():
+        href = asset.href
+        if "://" not in href and not Path(href).is_absolute():
+            asset.href = str((base / href).resolve())
+    return item
+
+
+# --- scenes by role ------------------------------------------------------------------------
 
 
 def interval(start: datetime | date, end: datetime | date) -> str:
@@ -171,11 +404,78 @@ class SceneSelection:
         out += [("DEM", it) for it in self.dem]
         return out
 
+    def s1_items(self) -> list[pystac.Item]:
+        """All Sentinel-1 items, time-ordered."""
+        return _ordered(it for items in self.s1.values() for it in items)
+
+    def s2_items(self) -> list[pystac.Item]:
+        """All Sentinel-2 items, time-ordered."""
+        return _ordered(it for items in self.s2.values() for it in items)
+
+    def item_ids(self) -> dict[str, list[str]]:
+        """Item ids per sensor, for provenance."""
+        return {
+            "s1": [it.id for it in self.s1_items()],
+            "s2": [it.id for it in self.s2_items()],
+            "dem": [it.id for it in self.dem],
+        }
+
 
 S1_REQUIRED: Query = {
     "sar:instrument_mode": {"eq": "IW"},
     "sar:polarizations": {"contains": ["VV", "VH"]},
 }
+
+Finder = Callable[[str, str | None, Query | None], list[pystac.Item]]
+
+
+def _select(
+    find: Finder,
+    where: str,
+    bbox: Sequence[float],
+    windows: Mapping[str, str],
+    collections: Mapping[str, str],
+    max_cloud: float,
+    require: Sequence[str],
+) -> SceneSelection:
+    selection = SceneSelection()
+    for period, when in windows.items():
+        for orbit in ("ascending", "descending"):
+            q = {**S1_REQUIRED, "sat:orbit_state": {"eq": orbit}}
+            selection.s1[(period, orbit)] = find(collections["s1"], when, q)
+        selection.s2[period] = find(collections["s2"], when, {"eo:cloud_cover": {"lte": max_cloud}})
+    selection.dem = find(collections["dem"], None, None)
+    for it in selection.s1_items():
+        check_terrain_corrected(it)
+    found = {
+        **{
+            f"s1-{p}": selection.s1[(p, "ascending")] + selection.s1[(p, "descending")]
+            for p in windows
+        },
+        **{f"s2-{p}": selection.s2[p] for p in windows},
+        "dem": selection.dem,
+    }
+    for role in require:
+        if not found.get(role):
+            sensor, _, period = role.partition("-")
+            collection = collections[sensor]
+            window = f" in the {period}-event window {windows[period]}" if period else ""
+            extra = (
+                f" with eo:cloud_cover <= {max_cloud}"
+                if sensor == "s2"
+                else " in IW mode with VV and VH"
+                if sensor == "s1"
+                else ""
+            )
+            raise EmptySearchError(
+                f"no {collection!r} items{extra}{window} over bbox "
+                f"{[round(v, 5) for v in bbox]} at {where}; widen the window or the area, or "
+                "check the collection id"
+            )
+    return selection
+
+
+DEFAULT_REQUIRED = ("s1-pre", "s1-post", "s2-pre", "dem")
 
 
 def find_scenes(
@@ -187,8 +487,11 @@ def find_scenes(
     post_days: int,
     max_cloud: float = 100.0,
     collections: Mapping[str, str] | None = None,
+    require: Sequence[str] = (),
+    sign: str | None = None,
+    retry: RetryPolicy | None = None,
 ) -> SceneSelection:
-    """Sentinel-1 (per orbit direction), Sentinel-2 and DEM scenes around an event.
+    """Sentinel-1 (per orbit direction), Sentinel-2 and DEM scenes around an event, from an API.
 
     Args:
         api_url: the STAC API.
@@ -198,6 +501,8 @@ def find_scenes(
         max_cloud: the largest `eo:cloud_cover` (percent) of a Sentinel-2 scene to keep.
         collections: collection ids for the roles "s1", "s2" and "dem"; Planetary
             Computer's by default.
+        require: roles that must not be empty ("s1-pre", "s1-post", "s2-pre", "s2-post",
+            "dem"); EmptySearchError otherwise.
     """
     ids = {
         "s1": "sentinel-1-rtc",
@@ -207,26 +512,69 @@ def find_scenes(
     }
     if not isinstance(event, datetime):
         event = datetime(event.year, event.month, event.day)
-    periods = {
+    windows = {
         "pre": interval(event - timedelta(days=pre_days), event - timedelta(seconds=1)),
         "post": interval(event, event + timedelta(days=post_days)),
     }
-    selection = SceneSelection()
-    for period, when in periods.items():
-        for orbit in ("ascending", "descending"):
-            q = {**S1_REQUIRED, "sat:orbit_state": {"eq": orbit}}
-            selection.s1[(period, orbit)] = search(
-                api_url, collections=[ids["s1"]], bbox=bbox, datetime=when, query=q
-            )
-        selection.s2[period] = search(
-            api_url,
-            collections=[ids["s2"]],
-            bbox=bbox,
-            datetime=when,
-            query={"eo:cloud_cover": {"lte": max_cloud}},
+    client = open_client(api_url, sign=sign, retry=retry)
+
+    def find(collection: str, when: str | None, query: Query | None) -> list[pystac.Item]:
+        return search(
+            api_url, collections=[collection], bbox=bbox, datetime=when, query=query, client=client
         )
-    selection.dem = search(api_url, collections=[ids["dem"]], bbox=bbox)
-    return selection
+
+    return _select(find, api_url, bbox, windows, ids, max_cloud, require)
+
+
+def select_scenes(
+    recipe: Recipe,
+    *,
+    api_url: str | None = None,
+    require: Sequence[str] = DEFAULT_REQUIRED,
+    retry: RetryPolicy | None = None,
+) -> SceneSelection:
+    """The scenes a recipe asks for, from its source (or from `api_url`, which wins).
+
+    A "synthetic" source has no address of its own: serve the simulated scene and pass
+    its `api_url` (`sar2ndvi.cube.open_source` does both).
+    """
+    source: Source = recipe.source
+    windows = {"pre": recipe.pre.interval(), "post": recipe.post.interval()}
+    url = api_url or (source.url if source.type == "api" else None)
+    if url is not None:
+        client = open_client(url, sign=source.sign, retry=retry)
+
+        def find(collection: str, when: str | None, query: Query | None) -> list[pystac.Item]:
+            return search(
+                url,
+                collections=[collection],
+                bbox=recipe.bbox,
+                datetime=when,
+                query=query,
+                client=client,
+            )
+
+        where = url
+    elif source.type in ("static", "itemcollection", "geoparquet"):
+        assert source.path is not None
+        everything = read_static_items(source.type, source.path)
+        signer = _signer(source.sign)
+        if signer is not None:
+            for it in everything:
+                signer(it)
+
+        def find(collection: str, when: str | None, query: Query | None) -> list[pystac.Item]:
+            return filter_items(
+                everything, collections=[collection], bbox=recipe.bbox, datetime=when, query=query
+            )
+
+        where = str(source.path)
+    else:
+        raise InputError(
+            f"{recipe.path or recipe.name}: source.type: a {source.type!r} source "
+            "must be served first; use sar2ndvi.cube.open_source(recipe)"
+        )
+    return _select(find, where, recipe.bbox, windows, recipe.collections, recipe.max_cloud, require)
 
 
 def describe(item: pystac.Item) -> dict[str, Any]:
@@ -240,14 +588,3 @@ def describe(item: pystac.Item) -> dict[str, Any]:
         "cloud": p.get("eo:cloud_cover", ""),
         "baseline": p.get("s2:processing_baseline", ""),
     }
-
-
-def unique(items: Iterable[pystac.Item]) -> list[pystac.Item]:
-    """Items with duplicate ids removed, first kept."""
-    seen: set[str] = set()
-    out = []
-    for it in items:
-        if it.id not in seen:
-            seen.add(it.id)
-            out.append(it)
-    return out

@@ -198,10 +198,23 @@ def _parse_query(expressions: tuple[str, ...]) -> dict[str, dict[str, Any]]:
     return query
 
 
+def _workdir_option(f: Any) -> Any:
+    return click.option(
+        "--workdir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        help="Where a synthetic source is simulated [default: out/<recipe name>].",
+    )(f)
+
+
 @main.command()
-@click.option("--api", "api_url", required=True, help="STAC API URL.")
+@click.argument("recipe", required=False)
+@click.option("--api", "api_url", default=None, help="STAC API URL (without a RECIPE).")
 @click.option(
-    "--collection", "collections", multiple=True, required=True, help="Collection id (repeatable)."
+    "--collection",
+    "collections",
+    multiple=True,
+    help="Collection id (repeatable; without a RECIPE).",
 )
 @click.option("--bbox", default=None, help="west,south,east,north in degrees.")
 @click.option(
@@ -213,15 +226,24 @@ def _parse_query(expressions: tuple[str, ...]) -> dict[str, dict[str, Any]]:
     help="Property filter, e.g. 'eo:cloud_cover<=20' (repeatable; applied on the client too).",
 )
 @click.option("--max-items", type=int, default=None, help="Stop after this many items.")
+@_workdir_option
 def search(
-    api_url: str,
+    recipe: str | None,
+    api_url: str | None,
     collections: tuple[str, ...],
     bbox: str | None,
     when: str | None,
     where: tuple[str, ...],
     max_items: int | None,
+    workdir: Path | None,
 ) -> None:
-    """Search a STAC API and print the items as a table."""
+    """Search for scenes: by RECIPE (a cubes/*.toml file or a name such as 'synthetic'),
+    printed by role, or ad hoc with --api and --collection."""
+    if recipe is not None:
+        _search_recipe(recipe, workdir)
+        return
+    if api_url is None or not collections:
+        raise click.UsageError("give a RECIPE, or --api and at least one --collection")
     from sar2ndvi.catalog import search as run
 
     box = None
@@ -229,9 +251,7 @@ def search(
         try:
             box = [float(v) for v in bbox.split(",")]
         except ValueError:
-            raise click.BadParameter(
-                "give four numbers: west,south,east,north", param_hint="--bbox"
-            ) from None
+            box = []
         if len(box) != 4:
             raise click.BadParameter(
                 "give four numbers: west,south,east,north", param_hint="--bbox"
@@ -245,6 +265,152 @@ def search(
         max_items=max_items,
     )
     _print_items([("", it) for it in items], f"{len(items)} items from {api_url}")
+
+
+def _search_recipe(name: str, workdir: Path | None) -> None:
+    from sar2ndvi.catalog import select_scenes
+    from sar2ndvi.cube import open_source
+    from sar2ndvi.recipe import load_recipe
+
+    recipe = load_recipe(name)
+    with open_source(recipe, workdir or Path("out") / recipe.name) as api_url:
+        selection = select_scenes(recipe, api_url=api_url, require=())
+    rows = selection.rows()
+    _print_items(rows, f"{len(rows)} scenes for recipe {recipe.name!r}")
+    empty = [role for role, n in _role_counts(selection).items() if n == 0]
+    if empty:
+        err_console.print(f"[yellow]no scenes for:[/] {', '.join(empty)}", soft_wrap=True)
+
+
+def _role_counts(selection: Any) -> dict[str, int]:
+    counts = {
+        f"S1 {p}": sum(len(selection.s1.get((p, o), [])) for o in ("ascending", "descending"))
+        for p in ("pre", "post")
+    }
+    counts.update({f"S2 {p}": len(selection.s2.get(p, [])) for p in ("pre", "post")})
+    counts["DEM"] = len(selection.dem)
+    return counts
+
+
+@main.command()
+@click.argument("recipe")
+@click.option(
+    "--out",
+    type=str,
+    required=True,
+    help="The Zarr store to write: a path or an fsspec URL (s3://...).",
+)
+@click.option(
+    "--engine",
+    type=click.Choice(["stackstac", "odc"]),
+    default="stackstac",
+    show_default=True,
+    help="The STAC loader.",
+)
+@click.option(
+    "--on-error",
+    type=click.Choice(["raise", "skip"]),
+    default="raise",
+    show_default=True,
+    help="An unreadable asset stops the build, or is skipped and recorded.",
+)
+@click.option(
+    "--zarr-format",
+    type=click.Choice(["2", "3"]),
+    default="2",
+    show_default=True,
+    help="Zarr format (GDAL 3.10 reads v2 only).",
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing complete store.")
+@_workdir_option
+def build(
+    recipe: str,
+    out: str,
+    engine: str,
+    on_error: str,
+    zarr_format: str,
+    overwrite: bool,
+    workdir: Path | None,
+) -> None:
+    """Build a recipe's cube (Sentinel-1, Sentinel-2, DEM on one grid) into a Zarr store.
+
+    An interrupted build, run again, finishes the chunks it had not written.
+    """
+    from sar2ndvi.recipe import load_recipe
+
+    loaded = load_recipe(recipe)
+    start = time.perf_counter()
+    _build(
+        loaded,
+        out,
+        engine=engine,
+        on_error=on_error,
+        zarr_format=int(zarr_format),
+        overwrite=overwrite,
+        workdir=workdir or Path("out") / loaded.name,
+    )
+    console.print(f"[green]done[/] in {time.perf_counter() - start:.1f} s: {out}", soft_wrap=True)
+
+
+def _build(
+    recipe: Any,
+    out: str,
+    *,
+    engine: str,
+    on_error: str,
+    zarr_format: int,
+    overwrite: bool,
+    workdir: Path,
+) -> None:
+    from sar2ndvi import store
+    from sar2ndvi.catalog import select_scenes
+    from sar2ndvi.cube import open_source
+
+    if store.is_complete(out) and not overwrite:
+        console.print(
+            f"{out} is complete already: reused (pass --overwrite to rebuild)", soft_wrap=True
+        )
+        return
+    with open_source(recipe, workdir) as api_url:
+        selection = select_scenes(recipe, api_url=api_url)
+    _build_selection(
+        recipe,
+        selection,
+        out,
+        engine=engine,
+        on_error=on_error,
+        zarr_format=zarr_format,
+        overwrite=overwrite,
+    )
+
+
+def _build_selection(
+    recipe: Any,
+    selection: Any,
+    out: str,
+    *,
+    engine: str = "stackstac",
+    on_error: str = "raise",
+    zarr_format: int = 2,
+    overwrite: bool = False,
+) -> None:
+    """Build the cube of `selection` and store it at `out` (reused when complete)."""
+    from sar2ndvi import store
+    from sar2ndvi.cube import build_cube
+
+    if store.is_complete(out) and not overwrite:
+        console.print(f"{out} is complete already: reused", soft_wrap=True)
+        return
+    counts = ", ".join(f"{k} {v}" for k, v in _role_counts(selection).items())
+    console.print(f"scenes: {counts}", soft_wrap=True)
+    cube = build_cube(recipe, selection, engine=engine, on_error=on_error)  # type: ignore[arg-type]
+    grid = recipe.grid()
+    console.print(
+        f"cube: {grid.height} x {grid.width} px at {grid.resolution:g} m in "
+        f"{grid.crs.to_string()}; writing {out}",
+        soft_wrap=True,
+    )
+    store.write(cube, out, overwrite=overwrite, zarr_format=zarr_format, progress=True)
 
 
 def _print_items(rows: list[tuple[str, Any]], title: str) -> None:
@@ -281,30 +447,33 @@ def _print_items(rows: list[tuple[str, Any]], title: str) -> None:
 )
 @_scene_options
 def demo(out: Path, overwrite: bool, **scene_options: Any) -> None:
-    """The main job on the embedded default: simulate, serve as a STAC API, search."""
-    from sar2ndvi.catalog import find_scenes
+    """The main job on the embedded default: simulate the study area, serve it as a STAC
+    API, search it, and build its Sentinel-1/Sentinel-2/DEM cube into Zarr."""
+    from sar2ndvi.catalog import select_scenes
+    from sar2ndvi.synth.area import scene_recipe
     from sar2ndvi.synth.scene import simulate as run
     from sar2ndvi.synth.server import serve_scene
 
     config = _config(**scene_options)
-    console.rule("[bold]1/3 simulate the study area")
+    console.rule("[bold]1/4 simulate the study area")
     start = time.perf_counter()
     scene = run(config, out / "scene", overwrite=overwrite, progress=True)
     _print_scene(scene, time.perf_counter() - start)
-    console.rule("[bold]2/3 serve it as a STAC API (rustac)")
+    console.rule("[bold]2/4 serve it as a STAC API (rustac)")
     with serve_scene(scene) as server:
         console.print(f"STAC API at {server.url}")
-        console.rule("[bold]3/3 search: Sentinel-1 by orbit, Sentinel-2, DEM")
-        selection = find_scenes(
-            server.url,
-            scene.bbox,
-            config.event_datetime,
-            pre_days=config.pre_days,
-            post_days=config.post_days,
-        )
+        console.rule("[bold]3/4 search: Sentinel-1 by orbit, Sentinel-2, DEM")
+        recipe = scene_recipe(scene, url=server.url, name="demo")
+        selection = select_scenes(recipe)
         rows = selection.rows()
         _print_items(rows, f"{len(rows)} scenes around the {config.event_date} event")
+    console.rule("[bold]4/4 build the cube on one 10 m grid and store it as Zarr")
+    start = time.perf_counter()
+    cube_path = str(out / "cube.zarr")
+    _build_selection(recipe, selection, cube_path, overwrite=overwrite)
+    console.print(f"cube stage: {time.perf_counter() - start:.1f} s", soft_wrap=True)
     console.print(
-        f"[green]done[/]: scene in {scene.path}; truth layers in {scene.path / 'truth'}",
+        f"[green]done[/]: scene in {scene.path} (truth layers in {scene.path / 'truth'}); "
+        f"cube in {cube_path}",
         soft_wrap=True,
     )

@@ -95,8 +95,71 @@ def test_demo_end_to_end(tmp_path):
     assert "S2 post" in result.output
     assert "DEM" in result.output
     assert (tmp_path / "demo" / "scene" / "scene.json").is_file()
+    from sar2ndvi import store
+
+    assert store.is_complete(tmp_path / "demo" / "cube.zarr")
     # a second run reuses the scene
     again = CliRunner(env={"COLUMNS": "240"}).invoke(
         main, ["demo", "--out", str(tmp_path / "demo"), "--size", "96"]
     )
     assert again.exit_code == 0, again.output
+
+
+def _recipe_file(tmp_path, scene, api_url):
+    """The test scene's recipe as a TOML file, pointing at the served API."""
+    from sar2ndvi.synth.area import scene_recipe
+
+    r = scene_recipe(scene, url=api_url, chunk=64, name="cli-test")
+    w, s, e, n = r.bbox
+    text = f"""name = "cli-test"
+[area]
+bbox = [{w}, {s}, {e}, {n}]
+crs = "EPSG:32611"
+[event]
+date = {r.event.date().isoformat()}
+pre = [{r.pre.start.date().isoformat()}, {r.pre.end.date().isoformat()}]
+post = [{r.post.start.date().isoformat()}, {r.post.end.date().isoformat()}]
+[source]
+type = "api"
+url = "{api_url}"
+[chunks]
+x = 64
+y = 64
+"""
+    path = tmp_path / "cli-test.toml"
+    path.write_text(text)
+    return path
+
+
+def test_search_a_recipe_prints_scenes_by_role(tmp_path, scene, stac_api):
+    path = _recipe_file(tmp_path, scene, stac_api.url)
+    result = CliRunner(env={"COLUMNS": "240"}).invoke(main, ["search", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "S1 pre ascending" in result.output
+    assert "S2 post" in result.output
+    n = sum(scene.manifest["collections"].values())
+    assert f"{n} scenes for recipe 'cli-test'" in result.output
+
+
+def test_build_writes_a_complete_store_and_reuses_it(tmp_path, scene, stac_api):
+    from sar2ndvi import store
+
+    path = _recipe_file(tmp_path, scene, stac_api.url)
+    out = tmp_path / "cube.zarr"
+    runner = CliRunner(env={"COLUMNS": "240"})
+    result = runner.invoke(main, ["build", str(path), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert store.is_complete(out)
+    again = runner.invoke(main, ["build", str(path), "--out", str(out)])
+    assert again.exit_code == 0, again.output
+    assert "reused" in again.output
+
+
+def test_build_with_a_broken_recipe_names_the_field(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "x"\n[area]\nbbox = [10, 50, 9, 51]\n')
+    result = CliRunner(env={"COLUMNS": "240"}).invoke(
+        main, ["build", str(bad), "--out", str(tmp_path / "c.zarr")])
+    assert result.exit_code == 2
+    assert "bad.toml: area.bbox" in result.output
+    assert not (tmp_path / "c.zarr").exists()

@@ -213,7 +213,7 @@ def api_documents(scene: Scene, into: Path) -> list[Path]:
             item = json.loads(item_path.read_text())
             item["links"] = []
             for asset in item["assets"].values():
-                asset["href"] = str((item_path.parent / asset["href"]).resolve())
+                asset["href"] = (item_path.parent / asset["href"]).resolve().as_uri()
             features.append(item)
         coll_file = into / f"{collection_id}.collection.json"
         items_file = into / f"{collection_id}.items.json"

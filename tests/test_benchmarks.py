@@ -1,0 +1,26 @@
+"""The benchmark scripts run, and the graph-size property they check holds (no timing)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cube_engines_quick_run_is_linear_in_scenes(tmp_path):
+    bench = _load("cube_engines")
+    assert bench.main(["--quick", "--workdir", str(tmp_path)]) == 0
+    record = json.loads((tmp_path / "cube_engines.json").read_text())
+    assert record["linear"] is True
+    tasks = [record["tasks"][k] for k in sorted(record["tasks"], key=int)]
+    assert tasks == sorted(tasks)
+    assert set(record["ratio_odc_over_stackstac"]) == {"build", "compute"}
