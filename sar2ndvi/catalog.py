@@ -246,7 +246,10 @@ def open_client(
     """A pystac-client Client with retries; SearchError names the endpoint on failure."""
     retry = retry or RetryPolicy()
     try:
-        return pystac_client.Client.open(api_url, stac_io=retry.stac_io(), modifier=_signer(sign))
+        # Client.open resets the StacApiIO's timeout to its own argument: pass it twice.
+        return pystac_client.Client.open(
+            api_url, stac_io=retry.stac_io(), timeout=retry.timeout, modifier=_signer(sign)
+        )
     except InputError:
         raise
     except Exception as err:  # requests' ConnectionError, APIError, bad JSON, ...

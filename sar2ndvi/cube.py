@@ -43,7 +43,7 @@ from sar2ndvi.items import (
     s2_scale_offset,
 )
 from sar2ndvi.recipe import Recipe
-from sar2ndvi.store import georeference
+from sar2ndvi.store import georeference, scrub_secrets
 from sar2ndvi.synth.grid import Grid
 
 Engine = Literal["stackstac", "odc"]
@@ -108,7 +108,8 @@ def _check_readable(
                     if ds.crs is None:
                         raise rasterio.errors.RasterioIOError("the raster has no CRS")
             except (rasterio.errors.RasterioIOError, OSError) as err:
-                problem = (name, f"cannot read {href}: {err}")
+                # signed hrefs carry tokens: never put them in a message or a log line
+                problem = (name, scrub_secrets(f"cannot read {href}: {err}"))
                 break
         if problem is None:
             kept.append(item)
