@@ -136,6 +136,22 @@ def _sorted(items: Sequence[pystac.Item]) -> list[pystac.Item]:
     return sorted(items, key=lambda it: (_time(it), it.id))
 
 
+def _prepared(
+    items: Sequence[pystac.Item],
+    names: Sequence[str],
+    aliases: Mapping[str, tuple[str, ...]],
+    on_error: str,
+    report: LoadReport,
+    what: str,
+) -> list[pystac.Item]:
+    """Canonical, time-ordered, readable items (unreadable ones raise or are skipped)."""
+    canon = _sorted([_canonical(it, names, aliases) for it in items])
+    canon = _check_readable(canon, names, on_error, report)
+    if not canon:
+        raise InputError(f"no readable {what} item left to build the cube from")
+    return canon
+
+
 # --- engines -------------------------------------------------------------------------------
 
 
@@ -248,10 +264,7 @@ def load_s1(
     report = report if report is not None else LoadReport()
     for it in items:
         check_terrain_corrected(it)
-    canon = _sorted([_canonical(it, ("vv", "vh"), S1_ASSET_ALIASES) for it in items])
-    canon = _check_readable(canon, ("vv", "vh"), on_error, report)
-    if not canon:
-        raise InputError("no readable Sentinel-1 item left to build the cube from")
+    canon = _prepared(items, ("vv", "vh"), S1_ASSET_ALIASES, on_error, report, "Sentinel-1")
     arr = _on_grid(_load(canon, ("vv", "vh"), grid, chunks, engine, "bilinear"), grid)
     # RTC nodata is -32768; zero or negative power is not a measurement either.
     arr = arr.where(arr > 0)
@@ -293,10 +306,7 @@ def load_s2(
     """Sentinel-2 L2A reflectance bands, SCL and NDVI (time, y, x), masked by SCL."""
     report = report if report is not None else LoadReport()
     names = (*bands, "SCL")
-    canon = _sorted([_canonical(it, names, S2_ASSET_ALIASES) for it in items])
-    canon = _check_readable(canon, names, on_error, report)
-    if not canon:
-        raise InputError("no readable Sentinel-2 item left to build the cube from")
+    canon = _prepared(items, names, S2_ASSET_ALIASES, on_error, report, "Sentinel-2")
     # Harmonise digital numbers item by item (by processing baseline or declared
     # raster:bands scale/offset, never by date).
     scale = np.array([[s2_scale_offset(it, b)[0] for b in bands] for it in canon], np.float32)
@@ -357,10 +367,7 @@ def load_dem(
 ) -> xr.Dataset:
     """The DEM tiles mosaicked onto the grid (bilinear): `elevation` (y, x) in metres."""
     report = report if report is not None else LoadReport()
-    canon = _sorted([_canonical(it, ("data",), DEM_ASSET_ALIASES) for it in items])
-    canon = _check_readable(canon, ("data",), on_error, report)
-    if not canon:
-        raise InputError("no readable DEM tile left to build the cube from")
+    canon = _prepared(items, ("data",), DEM_ASSET_ALIASES, on_error, report, "DEM")
     arr = _on_grid(
         _load(canon, ("data",), grid, {**chunks, "time": 1}, engine, "bilinear"), grid
     ).isel(band=0, drop=True)
