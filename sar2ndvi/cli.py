@@ -413,6 +413,100 @@ def _build_selection(
     store.write(cube, out, overwrite=overwrite, zarr_format=zarr_format, progress=True)
 
 
+@main.command()
+@click.argument("cube")
+@click.option("--out", type=str, required=True, help="The feature store to write (Zarr).")
+@click.option(
+    "--window",
+    type=int,
+    default=None,
+    help="Local-statistics window, odd, in pixels [default: the variant's, 19].",
+)
+@click.option(
+    "--variant",
+    "variant_name",
+    default="paper9",
+    show_default=True,
+    help="Feature recipe: paper9, orbits4 or paper9+indices.",
+)
+@click.option(
+    "--train-period",
+    type=click.Choice(["pre", "post"]),
+    default="pre",
+    show_default=True,
+    help="The period whose statistics normalise the stack.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing complete store.")
+def features(
+    cube: str, out: str, window: int | None, variant_name: str, train_period: str, overwrite: bool
+) -> None:
+    """Compute the model's feature stack and NDVI target from a cube store."""
+    start = time.perf_counter()
+    _features(
+        cube,
+        out,
+        window=window,
+        variant_name=variant_name,
+        train_period=train_period,
+        overwrite=overwrite,
+    )
+    console.print(f"[green]done[/] in {time.perf_counter() - start:.1f} s: {out}", soft_wrap=True)
+
+
+def _features(
+    cube_path: str,
+    out: str,
+    *,
+    window: int | None = None,
+    variant_name: str = "paper9",
+    train_period: str = "pre",
+    overwrite: bool = False,
+) -> None:
+    from sar2ndvi import store
+    from sar2ndvi.features import build_features, variant
+
+    spec = variant(variant_name, window)
+    if store.is_complete(out) and not overwrite:
+        console.print(f"{out} is complete already: reused", soft_wrap=True)
+    else:
+        cube = store.open(cube_path)
+        tree = build_features(cube, spec, train_period=train_period)
+        console.print(
+            f"features: {', '.join(spec.channels)}; window {spec.window} px; "
+            f"normalised on the {train_period}-event period",
+            soft_wrap=True,
+        )
+        store.write(tree, out, overwrite=overwrite, progress=True)
+    _print_feature_summary(out)
+
+
+def _print_feature_summary(path: str) -> None:
+    from sar2ndvi import store
+
+    tree = store.open(path)
+    stats = tree["/normalisation"].to_dataset().compute()
+    table = Table(title=f"feature store {path}")
+    for col in ("band", "centre", "scale"):
+        table.add_column(col)
+    for band in stats.band.values:
+        table.add_row(
+            str(band),
+            f"{float(stats.center.sel(band=band)):.4g}",
+            f"{float(stats.scale.sel(band=band)):.4g}",
+        )
+    console.print(table)
+    for period in ("pre", "post"):
+        if period in tree.children:
+            ds = tree[f"/{period}"].to_dataset()
+            gaps = float(ds["gaps"].mean().compute()) * 100
+            clear = float(ds["target"].notnull().mean().compute()) * 100
+            console.print(
+                f"{period}: radar gaps (shadow, edges) {gaps:.2f} % of pixels; "
+                f"NDVI target available on {clear:.1f} %",
+                soft_wrap=True,
+            )
+
+
 def _print_items(rows: list[tuple[str, Any]], title: str) -> None:
     from sar2ndvi.catalog import describe
 
@@ -448,32 +542,38 @@ def _print_items(rows: list[tuple[str, Any]], title: str) -> None:
 @_scene_options
 def demo(out: Path, overwrite: bool, **scene_options: Any) -> None:
     """The main job on the embedded default: simulate the study area, serve it as a STAC
-    API, search it, and build its Sentinel-1/Sentinel-2/DEM cube into Zarr."""
+    API, search it, build its Sentinel-1/Sentinel-2/DEM cube into Zarr, and compute the
+    feature stack and NDVI target."""
     from sar2ndvi.catalog import select_scenes
     from sar2ndvi.synth.area import scene_recipe
     from sar2ndvi.synth.scene import simulate as run
     from sar2ndvi.synth.server import serve_scene
 
     config = _config(**scene_options)
-    console.rule("[bold]1/4 simulate the study area")
+    console.rule("[bold]1/5 simulate the study area")
     start = time.perf_counter()
     scene = run(config, out / "scene", overwrite=overwrite, progress=True)
     _print_scene(scene, time.perf_counter() - start)
-    console.rule("[bold]2/4 serve it as a STAC API (rustac)")
+    console.rule("[bold]2/5 serve it as a STAC API (rustac)")
     with serve_scene(scene) as server:
         console.print(f"STAC API at {server.url}")
-        console.rule("[bold]3/4 search: Sentinel-1 by orbit, Sentinel-2, DEM")
+        console.rule("[bold]3/5 search: Sentinel-1 by orbit, Sentinel-2, DEM")
         recipe = scene_recipe(scene, url=server.url, name="demo")
         selection = select_scenes(recipe)
         rows = selection.rows()
         _print_items(rows, f"{len(rows)} scenes around the {config.event_date} event")
-    console.rule("[bold]4/4 build the cube on one 10 m grid and store it as Zarr")
+    console.rule("[bold]4/5 build the cube on one 10 m grid and store it as Zarr")
     start = time.perf_counter()
     cube_path = str(out / "cube.zarr")
     _build_selection(recipe, selection, cube_path, overwrite=overwrite)
     console.print(f"cube stage: {time.perf_counter() - start:.1f} s", soft_wrap=True)
+    console.rule("[bold]5/5 features: the 9-channel stack and the NDVI target")
+    start = time.perf_counter()
+    features_path = str(out / "features.zarr")
+    _features(cube_path, features_path, overwrite=overwrite)
+    console.print(f"feature stage: {time.perf_counter() - start:.1f} s", soft_wrap=True)
     console.print(
         f"[green]done[/]: scene in {scene.path} (truth layers in {scene.path / 'truth'}); "
-        f"cube in {cube_path}",
+        f"cube in {cube_path}; features in {features_path}",
         soft_wrap=True,
     )

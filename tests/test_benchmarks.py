@@ -24,3 +24,16 @@ def test_cube_engines_quick_run_is_linear_in_scenes(tmp_path):
     tasks = [record["tasks"][k] for k in sorted(record["tasks"], key=int)]
     assert tasks == sorted(tasks)
     assert set(record["ratio_odc_over_stackstac"]) == {"build", "compute"}
+
+
+def test_features_memory_quick_run_reports(tmp_path):
+    bench = _load("features_memory")
+    assert bench.main(["--quick", "--workdir", str(tmp_path)]) == 0
+    record = json.loads((tmp_path / "features_memory.json").read_text())
+    assert [r["size"] for r in record["results"]] == [256, 512]
+    assert record["ratio"] > 0
+    # the feature store it wrote is complete and has the paper's nine channels
+    from sar2ndvi import store
+
+    tree = store.open(tmp_path / "features-512.zarr")
+    assert tree["/pre"]["features"].sizes["band"] == 9

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sar2ndvi.catalog import SearchError, find_scenes, matches, search
+from sar2ndvi.catalog import RetryPolicy, SearchError, find_scenes, matches, search
 from sar2ndvi.errors import InputError
 from sar2ndvi.synth.server import free_port
 
@@ -104,5 +104,6 @@ def test_scenes_by_role(stac_api, scene, scene_config):
 
 def test_unreachable_api_names_the_endpoint():
     url = f"http://127.0.0.1:{free_port()}"
+    fast = RetryPolicy(retries=2, backoff=0.01)
     with pytest.raises(SearchError, match=url.replace(".", r"\.")):
-        search(url, collections=["sentinel-1-rtc"])
+        search(url, collections=["sentinel-1-rtc"], retry=fast)

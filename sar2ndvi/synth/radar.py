@@ -9,11 +9,17 @@ value are described, with references, in `docs/simulator-sensors.md`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 
 from sar2ndvi.errors import InputError
+from sar2ndvi.geometry import (
+    ASCENDING,
+    DESCENDING,
+    OrbitGeometry,
+    layover_shadow,
+    local_incidence_angle,
+)
 
 __all__ = [
     "ASCENDING",
@@ -43,141 +49,6 @@ LAYOVER_NOISE_DB = 2.0
 # Local incidence is clipped below grazing before it enters the backscatter model: at
 # >= 90 deg the facet cannot be seen (shadow, masked anyway) and 1/cos would blow up.
 _MAX_MODEL_INCIDENCE = 89.0
-
-
-@dataclass(frozen=True)
-class OrbitGeometry:
-    """A Sentinel-1 relative orbit seen from the scene.
-
-    Attributes:
-        orbit_state: "ascending" or "descending" (the STAC `sat:orbit_state`).
-        heading: ground-track heading, degrees clockwise from north (ascending ~348,
-            descending ~192 at low latitudes).
-        incidence: ellipsoid incidence angle at scene centre, degrees (~39 mid-swath IW).
-        relative_orbit: the STAC `sat:relative_orbit`.
-    """
-
-    orbit_state: Literal["ascending", "descending"]
-    heading: float
-    incidence: float
-    relative_orbit: int
-
-    @property
-    def look_azimuth(self) -> float:
-        """Horizontal look direction (sensor -> ground), deg clockwise from north.
-
-        Sentinel-1 is right-looking, so the look direction is the heading + 90 deg:
-        ascending passes look roughly east, descending passes roughly west.
-        """
-        return float((self.heading + 90.0) % 360.0)
-
-
-ASCENDING = OrbitGeometry("ascending", 348.0, 39.0, 64)
-DESCENDING = OrbitGeometry("descending", 192.0, 39.0, 71)
-
-
-def _range_slope_tangent(slope: np.ndarray, aspect: np.ndarray, look_azimuth: float) -> np.ndarray:
-    """tan of the slope in the plane of incidence, positive when rising away from the sensor.
-
-    Elevation changes by -tan(slope) * cos(aspect - d) per metre in horizontal direction d
-    (aspect is the downhill direction), so along the look direction the rise is
-    -tan(slope) * cos(aspect - look): positive for slopes facing the sensor.
-    """
-    s = np.deg2rad(np.asarray(slope, dtype=np.float64))
-    rel = np.deg2rad(np.asarray(aspect, dtype=np.float64) - look_azimuth)
-    return -np.tan(s) * np.cos(rel)
-
-
-def local_incidence_angle(
-    slope: np.ndarray, aspect: np.ndarray, geometry: OrbitGeometry
-) -> np.ndarray:
-    """Angle between the surface normal and the direction to the sensor.
-
-    With the normal n = (sin s sin a, sin s cos a, cos s) in (east, north, up) and the unit
-    vector to the sensor u = (-sin t sin L, -sin t cos L, cos t) (t incidence, L look
-    azimuth), cos(theta_loc) = n.u = cos s cos t - sin s sin t cos(a - L).
-
-    Args:
-        slope: (H, W) terrain slope, degrees from horizontal.
-        aspect: (H, W) direction the slope faces, degrees clockwise from north.
-        geometry: the orbit (its incidence and look azimuth).
-
-    Returns:
-        (H, W) float32 local incidence in degrees, in [0, 180): `incidence` on flat ground,
-        |incidence - slope| on a slope facing the sensor, incidence + slope facing away.
-    """
-    s = np.deg2rad(np.asarray(slope, dtype=np.float64))
-    rel = np.deg2rad(np.asarray(aspect, dtype=np.float64) - geometry.look_azimuth)
-    t = np.deg2rad(geometry.incidence)
-    cos_loc = np.cos(s) * np.cos(t) - np.sin(s) * np.sin(t) * np.cos(rel)
-    angle = np.rad2deg(np.arccos(np.clip(cos_loc, -1.0, 1.0)))
-    # float32 rounding could turn 179.99999 into 180.0; keep the documented half-open range.
-    return np.minimum(angle, np.nextafter(np.float32(180.0), np.float32(0.0))).astype(np.float32)
-
-
-def _ray_traced_shadow(
-    elevation: np.ndarray, resolution: float, geometry: OrbitGeometry
-) -> np.ndarray:
-    """Cast shadow along grid rows, the sensor west (ascending) or east (descending).
-
-    A ray from the sensor descends at the depression angle (90 - incidence), i.e. by
-    resolution / tan(incidence) metres per pixel. Pixel j is hidden when some pixel k nearer
-    the sensor has z_k - (j - k) * drop > z_j, i.e. when w_j = z_j + j * drop is below the
-    running maximum of w over the pixels before it: one cumulative maximum per row.
-    """
-    z = np.asarray(elevation, dtype=np.float64)
-    if geometry.orbit_state == "descending":
-        z = z[:, ::-1]  # sweep from the sensor side: east to west
-    drop = resolution / np.tan(np.deg2rad(geometry.incidence))
-    w = z + drop * np.arange(z.shape[1], dtype=np.float64)[None, :]
-    horizon = np.maximum.accumulate(w, axis=1)
-    previous = np.full_like(w, -np.inf)
-    previous[:, 1:] = horizon[:, :-1]
-    # A relative tolerance keeps flat or uniformly sloping ground from flickering into shadow.
-    tol = 1e-9 * max(1.0, float(np.nanmax(np.abs(w))) if w.size else 1.0)
-    shadow = w < previous - tol
-    if geometry.orbit_state == "descending":
-        shadow = shadow[:, ::-1]
-    return shadow
-
-
-def layover_shadow(
-    elevation: np.ndarray,
-    resolution: float,
-    geometry: OrbitGeometry,
-    slope: np.ndarray,
-    aspect: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Active layover and radar shadow masks.
-
-    Layover: the terrain rises towards the sensor faster than the wavefront, i.e. the slope
-    component in the plane of incidence, facing the sensor, is steeper than the incidence.
-
-    Shadow: the union of (a) self-shadowed back-slopes, whose slope component facing away
-    from the sensor is steeper than the depression angle (90 - incidence), and (b) cast
-    shadow, ray-traced along range lines. Range lines are approximated by grid rows, with the
-    sensor due west for ascending and due east for descending passes; the true look azimuth
-    of Sentinel-1 is 10-15 deg off east/west, which shifts cast shadows by at most a fraction
-    of their length sideways. The self-shadow test (a) uses the true look azimuth.
-
-    Args:
-        elevation: (H, W) terrain height, metres.
-        resolution: pixel size, metres.
-        geometry: the orbit.
-        slope: (H, W) slope, degrees.
-        aspect: (H, W) aspect (direction faced), degrees clockwise from north.
-
-    Returns:
-        (layover, shadow): two (H, W) bool arrays.
-    """
-    if resolution <= 0:
-        raise InputError(f"resolution must be > 0 metres, got {resolution}")
-    rise = _range_slope_tangent(slope, aspect, geometry.look_azimuth)
-    t = np.deg2rad(geometry.incidence)
-    layover = rise > np.tan(t)
-    self_shadow = -rise > np.tan(np.pi / 2 - t)
-    shadow = self_shadow | _ray_traced_shadow(elevation, resolution, geometry)
-    return layover, shadow
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from scipy.sparse.linalg import spsolve_triangular
 from skimage.morphology import reconstruction
 
 from sar2ndvi.errors import InputError
+from sar2ndvi.geometry import horn_slope_aspect
 from sar2ndvi.synth.fields import gaussian_random_field
 from sar2ndvi.synth.grid import Grid
 
@@ -39,8 +40,6 @@ __all__ = [
 GRID_ALIGNMENT_M = 60.0
 #: Largest fraction of DEM nodata inside the window that is filled rather than refused.
 MAX_NODATA_FRACTION = 0.05
-#: Slopes below this (degrees) count as flat: their aspect is 0 (GDAL convention).
-FLAT_SLOPE_DEG = 1e-6
 
 # D8 neighbour offsets (drow, dcol); row 0 is north.
 _D8 = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
@@ -66,35 +65,6 @@ class Terrain:
 
 
 # --------------------------------------------------------------------------- slope and aspect
-
-
-def horn_slope_aspect(elevation: np.ndarray, resolution: float) -> tuple[np.ndarray, np.ndarray]:
-    """Slope and aspect by Horn's (1981) 3x3 weighted differences.
-
-    Args:
-        elevation: (H, W) metres, row 0 north.
-        resolution: pixel size in metres (> 0).
-
-    Returns:
-        (slope, aspect), both (H, W) float32 degrees. Slope in [0, 90); aspect clockwise from
-        north of the direction the slope faces (downslope), in [0, 360), 0 where flat. Edges
-        replicate the outer row/column, so there is no NaN.
-    """
-    if resolution <= 0:
-        raise InputError(f"resolution must be > 0 metres, got {resolution}")
-    z = np.asarray(elevation, dtype=np.float64)
-    # The Sobel kernel is exactly Horn's: a [-1, 0, 1] difference smoothed by [1, 2, 1].
-    dz_east = ndimage.sobel(z, axis=1, mode="nearest") / (8.0 * resolution)
-    dz_north = -ndimage.sobel(z, axis=0, mode="nearest") / (8.0 * resolution)  # rows go south
-    slope = np.degrees(np.arctan(np.hypot(dz_east, dz_north)))
-    # Downslope direction is -grad; compass bearing = atan2(east, north).
-    aspect = np.degrees(np.arctan2(-dz_east, -dz_north)) % 360.0
-    aspect[slope < FLAT_SLOPE_DEG] = 0.0
-    slope32 = np.minimum(slope, 90.0).astype(np.float32)
-    slope32 = np.minimum(slope32, np.nextafter(np.float32(90.0), np.float32(0.0)))
-    aspect32 = aspect.astype(np.float32)
-    aspect32[aspect32 >= 360.0] = 0.0  # float32 rounding of 359.99999...
-    return slope32, aspect32
 
 
 # --------------------------------------------------------------------------- flow accumulation

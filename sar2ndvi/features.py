@@ -1,0 +1,621 @@
+"""The model's inputs and target from a cube: the Hualien paper's feature stack, lazily.
+
+Section 2 of Chen & Chiang (2024): (i) imputation of isolated no-data pixels, (ii)
+orbit-wise averaging and fusion of ascending and descending scenes, (iii) local mean and
+standard deviation over a window (11..29 px), (iv) normalisation; with the DEM encodings
+sin(aspect), cos(aspect), sin(slope) this makes a 9-channel stack. Every step is a function
+from xarray to xarray on Dask arrays: nothing is computed until the stack is stored.
+
+The feature recipe is data (`FeatureSpec`): the paper's 9 channels by default, and
+variants (`VARIANTS`): the 4-band ascending/descending split and radar vegetation indices.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+from scipy import ndimage
+
+import sar2ndvi
+from sar2ndvi.errors import InputError
+from sar2ndvi.geometry import OrbitGeometry, horn_slope_aspect, layover_shadow
+from sar2ndvi.localstats import local_mean_std
+
+PAPER_CHANNELS: tuple[str, ...] = (
+    "vv",
+    "vh",
+    "vv_mean",
+    "vh_mean",
+    "vv_std",
+    "vh_std",
+    "sin_aspect",
+    "cos_aspect",
+    "sin_slope",
+)
+ORBIT_CHANNELS: tuple[str, ...] = ("vv_asc", "vh_asc", "vv_desc", "vh_desc")
+INDEX_CHANNELS: tuple[str, ...] = ("vh_vv_ratio", "rvi")
+#: Every channel a feature recipe may ask for.
+CHANNELS: tuple[str, ...] = PAPER_CHANNELS + ORBIT_CHANNELS + INDEX_CHANNELS
+#: Nominal Sentinel-1 ground-track headings (deg from north) at mid latitudes.
+NOMINAL_HEADING = {"ascending": 348.0, "descending": 192.0}
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """A feature recipe: which channels, and how they are made.
+
+    Attributes:
+        name: the variant's name, recorded with the stack.
+        channels: channel names, in stack order (see `CHANNELS` for what exists).
+        window: local-statistics window, odd, in pixels (the paper sweeps 11..29).
+        min_valid_neighbours: imputation fills a no-data pixel from its 3x3 neighbours
+            when at least this many of the 8 are valid.
+        incidence: ellipsoid incidence angle (deg) of the layover/shadow quality layer.
+        clip_sigma: normalisation statistics are the mean and standard deviation of the
+            values within this many standard deviations of the raw mean.
+    """
+
+    name: str = "paper9"
+    channels: tuple[str, ...] = PAPER_CHANNELS
+    window: int = 19
+    min_valid_neighbours: int = 5
+    incidence: float = 39.0
+    clip_sigma: float = 3.0
+
+    def __post_init__(self) -> None:
+        unknown = [c for c in self.channels if c not in CHANNELS]
+        if unknown:
+            raise InputError(
+                f"feature spec {self.name!r}: unknown channels {unknown}; "
+                f"known: {', '.join(CHANNELS)}"
+            )
+        if len(set(self.channels)) != len(self.channels) or not self.channels:
+            raise InputError(f"feature spec {self.name!r}: channels must be unique, non-empty")
+        if self.window < 3 or self.window % 2 == 0 or self.window > 255:
+            raise InputError(
+                f"feature spec {self.name!r}: window {self.window} must be an odd "
+                "number of pixels in 3..255 (the paper uses 11..29)"
+            )
+        if not 1 <= self.min_valid_neighbours <= 8:
+            raise InputError("min_valid_neighbours must be in 1..8")
+        if not 0 < self.incidence < 90 or self.clip_sigma <= 0:
+            raise InputError("incidence must be in (0, 90) degrees and clip_sigma > 0")
+
+    def with_window(self, window: int) -> FeatureSpec:
+        return replace(self, window=window)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["channels"] = list(self.channels)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FeatureSpec:
+        return cls(**{**data, "channels": tuple(data["channels"])})
+
+
+VARIANTS: dict[str, FeatureSpec] = {
+    "paper9": FeatureSpec(),
+    "orbits4": FeatureSpec(name="orbits4", channels=ORBIT_CHANNELS),
+    "paper9+indices": FeatureSpec(name="paper9+indices", channels=PAPER_CHANNELS + INDEX_CHANNELS),
+}
+
+
+def variant(name: str, window: int | None = None) -> FeatureSpec:
+    """A named feature recipe, optionally with another window."""
+    if name not in VARIANTS:
+        raise InputError(f"unknown feature variant {name!r}; choose one of {', '.join(VARIANTS)}")
+    spec = VARIANTS[name]
+    return spec.with_window(window) if window is not None else spec
+
+
+# --- step 1: imputation --------------------------------------------------------------------
+
+_NEIGHBOURS = np.array([[1, 1, 1], [1, 0, 1], [1, 1, 1]], dtype=np.float64)
+
+
+def _impute_block(block: np.ndarray, min_valid: int) -> np.ndarray:
+    valid = np.isfinite(block)
+    values = np.where(valid, block, 0.0).astype(np.float64)
+    out = block.copy()
+    footprint = (1,) * (block.ndim - 2)
+    kernel = _NEIGHBOURS.reshape((*footprint, 3, 3))
+    # cval 0 for values and validity: pixels beyond the block edge (NaN halo) count as invalid
+    total = ndimage.convolve(values, kernel, mode="constant", cval=0.0)
+    count = ndimage.convolve(valid.astype(np.float64), kernel, mode="constant", cval=0.0)
+    fill = ~valid & (count >= min_valid)
+    out[fill] = (total[fill] / count[fill]).astype(block.dtype)
+    return out
+
+
+def impute_isolated(image: xr.DataArray, min_valid_neighbours: int = 5) -> xr.DataArray:
+    """Fill isolated no-data pixels with the mean of their valid 3x3 neighbours.
+
+    A NaN pixel is filled when at least `min_valid_neighbours` of its 8 neighbours are
+    valid (pixels outside the image count as invalid); larger gaps stay NaN (see
+    `gaps`). Works over the last two dims (y, x), lazily, with a 1-pixel halo.
+    """
+    data = _dask(image)
+    depth = {i: (1 if i >= data.ndim - 2 else 0) for i in range(data.ndim)}
+    filled = da.map_overlap(
+        _impute_block,
+        data,
+        depth=depth,
+        boundary=np.nan,
+        dtype=data.dtype,
+        min_valid=min_valid_neighbours,
+    )
+    out = image.copy(data=filled)
+    out.attrs.update(
+        imputation=f"3x3 mean of valid neighbours where >= {min_valid_neighbours} "
+        "of 8 are valid; larger gaps stay NaN"
+    )
+    return out
+
+
+# --- step 2: orbit means -------------------------------------------------------------------
+
+
+def to_db(linear: xr.DataArray) -> xr.DataArray:
+    """10 log10 of linear power; non-positive power becomes NaN."""
+    return 10.0 * np.log10(linear.where(linear > 0))
+
+
+def orbit_means(s1: xr.Dataset, period: str, min_valid_neighbours: int = 5) -> xr.Dataset:
+    """Per-orbit temporal means and their fusion, for one period ("pre" or "post").
+
+    Scenes are imputed, averaged over time in linear power (NaN-aware), fused across
+    orbits (the mean where both orbits are valid, either one alone where only it is, also
+    in linear power), and only then converted to dB.
+
+    Returns:
+        Dataset of float32 dB layers (y, x): vv, vh (fused), vv_asc, vh_asc, vv_desc,
+        vh_desc (per orbit; all NaN for an orbit without scenes).
+    """
+    s1 = _with_loaded_coords(s1)
+    scenes = s1.sel(time=s1["period"] == period)
+    if scenes.sizes["time"] == 0:
+        raise InputError(f"the cube has no Sentinel-1 scene in the {period!r} period")
+    out: dict[str, xr.DataArray] = {}
+    linear: dict[str, dict[str, xr.DataArray]] = {"vv": {}, "vh": {}}
+    for orbit, short in (("ascending", "asc"), ("descending", "desc")):
+        these = scenes.sel(time=scenes["orbit_state"] == orbit)
+        for pol in ("vv", "vh"):
+            if these.sizes["time"]:
+                imputed = impute_isolated(these[pol], min_valid_neighbours)
+                mean = imputed.mean("time", skipna=True)
+            else:
+                mean = xr.full_like(scenes[pol].isel(time=0, drop=True), np.nan)
+            linear[pol][short] = mean
+            out[f"{pol}_{short}"] = to_db(mean)
+    for pol in ("vv", "vh"):
+        both = xr.concat([linear[pol]["asc"], linear[pol]["desc"]], dim="orbit")
+        out[pol] = to_db(both.mean("orbit", skipna=True))
+    ds = xr.Dataset({k: v.astype(np.float32) for k, v in out.items()})
+    for name in ds.data_vars:
+        ds[name].attrs.update(
+            units="dB", averaging="temporal mean in linear power, then dB", period=period
+        )
+    for pol in ("vv", "vh"):
+        ds[pol].attrs["fusion"] = (
+            "mean of the ascending and descending means where both are "
+            "valid, either one where only it is (linear power)"
+        )
+    return ds
+
+
+# --- step 4: terrain encodings and the quality layer -----------------------------------------
+
+
+def _resolution(image: xr.DataArray) -> float:
+    dx = float(abs(image.x[1] - image.x[0])) if image.sizes["x"] > 1 else 0.0
+    dy = float(abs(image.y[1] - image.y[0])) if image.sizes["y"] > 1 else 0.0
+    if dx <= 0 or (dy and abs(dx - dy) > 1e-6 * dx):
+        raise InputError(f"the DEM grid must have square pixels, got {dx} x {dy}")
+    return dx
+
+
+def _with_loaded_coords(ds: xr.Dataset) -> xr.Dataset:
+    """The dataset with its non-index coordinates (per-scene metadata such as
+    `orbit_state` or `period`, lazy when read from Zarr) in memory: selections need them."""
+    lazy = [
+        name
+        for name, c in ds.coords.items()
+        if name not in ds.dims and isinstance(c.data, da.Array)
+    ]
+    return ds.assign_coords({name: ds[name].compute() for name in lazy}) if lazy else ds
+
+
+def _dask(image: xr.DataArray) -> da.Array:
+    """The image's data as a Dask array (one chunk when it was in memory)."""
+    if isinstance(image.data, da.Array):
+        return image.data
+    return da.from_array(image.values, chunks=image.shape)
+
+
+def _slope_aspect_block(block: np.ndarray, resolution: float) -> np.ndarray:
+    slope, aspect = horn_slope_aspect(block, resolution)
+    return np.stack([slope, aspect])
+
+
+def slope_aspect(elevation: xr.DataArray) -> xr.Dataset:
+    """Horn (1981) slope and aspect (degrees) of a (y, x) DEM, chunk by chunk."""
+    res = _resolution(elevation)
+    stacked = _slope_aspect_lazy(_dask(elevation), res)
+    coords = {"y": elevation.y, "x": elevation.x}
+    return xr.Dataset(
+        {
+            "slope": xr.DataArray(
+                stacked[0],
+                dims=("y", "x"),
+                coords=coords,
+                attrs={"units": "degree", "method": "Horn (1981)"},
+            ),
+            "aspect": xr.DataArray(
+                stacked[1],
+                dims=("y", "x"),
+                coords=coords,
+                attrs={
+                    "units": "degree",
+                    "convention": "clockwise from north, the direction the slope faces",
+                },
+            ),
+        }
+    )
+
+
+def _slope_aspect_lazy(data: da.Array, resolution: float) -> da.Array:
+    """(2, y, x) slope and aspect: each chunk with a 1-pixel halo (edges replicated, as
+    Horn's method does at the scene edge)."""
+
+    def block(b: np.ndarray) -> np.ndarray:
+        return _slope_aspect_block(b, resolution)
+
+    padded = da.overlap.overlap(data, depth={0: 1, 1: 1}, boundary="nearest")
+    out = padded.map_blocks(
+        lambda b: block(b)[:, 1:-1, 1:-1],
+        dtype=np.float32,
+        new_axis=0,
+        chunks=((2,), *data.chunks),
+    )
+    return out
+
+
+def terrain_encodings(elevation: xr.DataArray) -> xr.Dataset:
+    """sin(aspect), cos(aspect), sin(slope) from the DEM on the grid."""
+    sa = slope_aspect(elevation)
+    aspect = np.deg2rad(sa["aspect"])
+    slope = np.deg2rad(sa["slope"])
+    return xr.Dataset(
+        {
+            "sin_aspect": np.sin(aspect)
+            .astype(np.float32)
+            .assign_attrs(long_name="sin(aspect): eastness", units="1"),
+            "cos_aspect": np.cos(aspect)
+            .astype(np.float32)
+            .assign_attrs(long_name="cos(aspect): northness", units="1"),
+            "sin_slope": np.sin(slope)
+            .astype(np.float32)
+            .assign_attrs(long_name="sin(slope)", units="1"),
+        }
+    )
+
+
+def quality_layers(elevation: xr.DataArray, orbits: Mapping[str, OrbitGeometry]) -> xr.Dataset:
+    """Layover and shadow masks (uint8, 1 = affected) per orbit, from the DEM.
+
+    Cast shadow is traced along grid rows, so each chunk holds whole rows (the DEM is
+    rechunked to one chunk across x; memory per chunk is rows x scene width).
+    """
+    res = _resolution(elevation)
+    data = _dask(elevation)
+    rows = data.rechunk({1: -1})
+    padded = da.overlap.overlap(rows, depth={0: 1, 1: 1}, boundary="nearest")
+    layers: dict[str, xr.DataArray] = {}
+    coords = {"y": elevation.y, "x": elevation.x}
+    for orbit, geometry in orbits.items():
+
+        def block(b: np.ndarray, geometry: OrbitGeometry = geometry) -> np.ndarray:
+            slope, aspect = horn_slope_aspect(b, res)
+            layover, shadow = layover_shadow(b, res, geometry, slope, aspect)
+            return np.stack([layover, shadow]).astype(np.uint8)[:, 1:-1, 1:-1]
+
+        masks = padded.map_blocks(block, dtype=np.uint8, new_axis=0, chunks=((2,), *rows.chunks))
+        masks = masks.rechunk((2, *data.chunks))
+        attrs = {
+            "orbit_state": orbit,
+            "heading": geometry.heading,
+            "incidence": geometry.incidence,
+            "flag_values": [0, 1],
+        }
+        layers[f"layover_{orbit}"] = xr.DataArray(
+            masks[0], dims=("y", "x"), coords=coords, attrs={**attrs, "long_name": "active layover"}
+        )
+        layers[f"shadow_{orbit}"] = xr.DataArray(
+            masks[1], dims=("y", "x"), coords=coords, attrs={**attrs, "long_name": "radar shadow"}
+        )
+    return xr.Dataset(layers)
+
+
+def orbit_geometries(s1: xr.Dataset, incidence: float) -> dict[str, OrbitGeometry]:
+    """The orbits seen in the cube, with nominal headings and the given incidence."""
+    s1 = _with_loaded_coords(s1)
+    out = {}
+    for orbit in sorted(set(np.asarray(s1["orbit_state"].values).tolist())):
+        if orbit not in NOMINAL_HEADING:
+            raise InputError(f"unknown sat:orbit_state {orbit!r} in the cube")
+        relative = s1["relative_orbit"].where(s1["orbit_state"] == orbit, drop=True).values
+        out[orbit] = OrbitGeometry(
+            orbit, NOMINAL_HEADING[orbit], incidence, int(relative[0]) if relative.size else -1
+        )
+    return out
+
+
+# --- the target -----------------------------------------------------------------------------
+
+
+def _clear_median(values: np.ndarray) -> np.ndarray:
+    """Median over the last axis ignoring NaN; NaN (quietly) where nothing is clear."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels: NaN is the answer
+        return np.nanmedian(values, axis=-1).astype(np.float32)
+
+
+def ndvi_target(s2: xr.Dataset, period: str) -> xr.Dataset:
+    """Sentinel-2 NDVI composited over a period: the median of cloud-free observations.
+
+    Returns `target` (y, x) float32, NaN where no clear view exists, and `clear_count`
+    (y, x) int16, the number of clear observations.
+    """
+    s2 = _with_loaded_coords(s2)
+    scenes = s2["ndvi"].sel(time=s2["period"] == period)
+    if scenes.sizes["time"] == 0:
+        return xr.Dataset(
+            {
+                "target": xr.full_like(s2["ndvi"].isel(time=0, drop=True), np.nan),
+                "clear_count": xr.zeros_like(s2["ndvi"].isel(time=0, drop=True), dtype=np.int16),
+            }
+        )
+    # the median needs every time step of a pixel in one chunk
+    scenes = scenes.chunk({"time": -1})
+    target = xr.apply_ufunc(_clear_median, scenes, input_core_dims=[["time"]],
+                            dask="parallelized", output_dtypes=[np.float32])
+    target.attrs.update(
+        long_name=f"Sentinel-2 NDVI, median of clear views ({period})", units="1", period=period
+    )
+    count = scenes.notnull().sum("time").astype(np.int16)
+    count.attrs.update(long_name="number of clear Sentinel-2 views", period=period)
+    return xr.Dataset({"target": target, "clear_count": count})
+
+
+# --- the stack ------------------------------------------------------------------------------
+
+
+def _ratio_db(vh_db: xr.DataArray, vv_db: xr.DataArray) -> xr.DataArray:
+    return (vh_db - vv_db).assign_attrs(long_name="VH/VV ratio", units="dB")
+
+
+def _rvi(vv_db: xr.DataArray, vh_db: xr.DataArray) -> xr.DataArray:
+    vv, vh = 10 ** (vv_db / 10), 10 ** (vh_db / 10)
+    return (4 * vh / (vv + vh)).assign_attrs(
+        long_name="radar vegetation index (dual-pol)", units="1"
+    )
+
+
+def feature_stack(cube: xr.DataTree, spec: FeatureSpec, period: str) -> xr.Dataset:
+    """The (band, y, x) feature stack of one period, in physical units (not normalised).
+
+    Returns a Dataset with `features` (band, y, x) float32, band coordinate = channel
+    names, and `gaps` (y, x) uint8: 1 where the fused VV or VH has no data after
+    imputation (shadow, swath edges): the reported large gaps.
+    """
+    s1 = cube["/s1"].to_dataset()
+    means = orbit_means(s1, period, spec.min_valid_neighbours)
+    terrain = terrain_encodings(cube["/dem"].to_dataset()["elevation"])
+    layers: dict[str, Callable[[], xr.DataArray]] = {
+        "vv": lambda: means["vv"],
+        "vh": lambda: means["vh"],
+        "vv_asc": lambda: means["vv_asc"],
+        "vh_asc": lambda: means["vh_asc"],
+        "vv_desc": lambda: means["vv_desc"],
+        "vh_desc": lambda: means["vh_desc"],
+        "sin_aspect": lambda: terrain["sin_aspect"],
+        "cos_aspect": lambda: terrain["cos_aspect"],
+        "sin_slope": lambda: terrain["sin_slope"],
+        "vh_vv_ratio": lambda: _ratio_db(means["vh"], means["vv"]),
+        "rvi": lambda: _rvi(means["vv"], means["vh"]),
+    }
+    stats: dict[str, xr.DataArray] = {}
+    for pol in ("vv", "vh"):
+        if f"{pol}_mean" in spec.channels or f"{pol}_std" in spec.channels:
+            mean, std = local_mean_std(means[pol], spec.window)
+            stats[f"{pol}_mean"], stats[f"{pol}_std"] = mean, std
+    channels = []
+    for name in spec.channels:
+        layer = stats[name] if name in stats else layers[name]()
+        channels.append(layer.astype(np.float32).drop_attrs())
+    features = xr.concat(
+        channels, dim=xr.Variable("band", list(spec.channels)), coords="minimal", compat="override"
+    )
+    features = features.transpose("band", "y", "x")
+    features = features.chunk({"band": 1})
+    features.attrs.update(
+        long_name="SAR2NDVI features (physical units, not normalised)",
+        period=period,
+        window=spec.window,
+        variant=spec.name,
+    )
+    gaps = (means["vv"].isnull() | means["vh"].isnull()).astype(np.uint8)
+    gaps.attrs.update(long_name="no radar data after imputation (large gaps)", period=period)
+    return xr.Dataset({"features": features, "gaps": gaps})
+
+
+# --- step 5: normalisation -----------------------------------------------------------------
+
+
+def normalisation_stats(
+    features: xr.DataArray, mask: xr.DataArray | None = None, clip_sigma: float = 3.0
+) -> xr.Dataset:
+    """Robust per-channel statistics: mean and standard deviation after clipping.
+
+    The raw mean and standard deviation of each channel over the valid pixels (within
+    `mask` when given: the training area) define a clip range of +- `clip_sigma`
+    standard deviations; `center` and `scale` are the mean and standard deviation of the
+    values inside it. Lazy: two reductions over the stack, computed when stored.
+    """
+    values = features if mask is None else features.where(mask)
+    mean = values.mean(("y", "x"), skipna=True)
+    std = values.std(("y", "x"), skipna=True)
+    inside = values.where(np.abs(values - mean) <= clip_sigma * std)
+    center = inside.mean(("y", "x"), skipna=True).astype(np.float32)
+    scale = inside.std(("y", "x"), skipna=True).astype(np.float32)
+    # a constant channel (e.g. sin(slope) on a plain) must not divide by zero
+    scale = xr.where(scale > 0, scale, np.float32(1.0)).astype(np.float32)
+    return xr.Dataset(
+        {
+            "center": center.assign_attrs(long_name="normalisation centre (clipped mean)"),
+            "scale": scale.assign_attrs(
+                long_name="normalisation scale (clipped std)", clip_sigma=clip_sigma
+            ),
+        }
+    )
+
+
+def normalise(features: xr.DataArray, stats: xr.Dataset) -> xr.DataArray:
+    """(features - center) / scale, channel by channel (stats from `normalisation_stats`)."""
+    _check_bands(features, stats)
+    out = (features - stats["center"]) / stats["scale"]
+    return out.astype(np.float32).assign_attrs(features.attrs, normalised=True)
+
+
+def denormalise(normalised: xr.DataArray, stats: xr.Dataset) -> xr.DataArray:
+    """The inverse of `normalise`."""
+    _check_bands(normalised, stats)
+    out = normalised * stats["scale"] + stats["center"]
+    return out.astype(np.float32).assign_attrs(normalised.attrs, normalised=False)
+
+
+def _check_bands(features: xr.DataArray, stats: xr.Dataset) -> None:
+    want, have = list(features["band"].values), list(stats["band"].values)
+    if want != have:
+        raise InputError(
+            f"normalisation statistics are for bands {have}, the stack has {want}; "
+            "use the statistics stored with the model's feature store"
+        )
+
+
+# --- the whole store ------------------------------------------------------------------------
+
+
+def build_features(
+    cube: xr.DataTree, spec: FeatureSpec | None = None, *, train_period: str = "pre"
+) -> xr.DataTree:
+    """Everything a model needs, lazily, as a DataTree:
+
+    - ``/pre`` and ``/post``: `features` (band, y, x) in physical units, `gaps`, and the
+      Sentinel-2 `target` NDVI composite with its `clear_count`;
+    - ``/quality``: layover and shadow (uint8) per orbit, from the DEM;
+    - ``/normalisation``: `center` and `scale` per band, computed over the training
+      period's valid pixels (target present, no layover or shadow), reused unchanged at
+      inference through `normalise`.
+
+    Args:
+        cube: a cube from `sar2ndvi.cube.build_cube` (or read back with `store.open`).
+        spec: the feature recipe (default: the paper's 9 channels, window 19).
+        train_period: the period whose features define the normalisation.
+    """
+    spec = spec or FeatureSpec()
+    if train_period not in ("pre", "post"):
+        raise InputError(f"train_period must be 'pre' or 'post', got {train_period!r}")
+    s1 = _with_loaded_coords(cube["/s1"].to_dataset())
+    s2 = _with_loaded_coords(cube["/s2"].to_dataset())
+    quality = quality_layers(
+        cube["/dem"].to_dataset()["elevation"], orbit_geometries(s1, spec.incidence)
+    )
+    groups: dict[str, xr.Dataset] = {}
+    for period in ("pre", "post"):
+        if not bool((s1["period"] == period).any()):
+            continue
+        stack = feature_stack(cube, spec, period)
+        groups[f"/{period}"] = xr.merge(
+            [stack, ndvi_target(s2, period)], join="exact", compat="no_conflicts"
+        )
+    if f"/{train_period}" not in groups:
+        raise InputError(
+            f"the cube has no Sentinel-1 scene in the training period {train_period!r}"
+        )
+    train = groups[f"/{train_period}"]
+    unreliable = sum(quality[name] for name in quality.data_vars) > 0
+    mask = train["target"].notnull() & (train["gaps"] == 0) & ~unreliable
+    stats = normalisation_stats(train["features"], mask, spec.clip_sigma)
+    stats.attrs.update(
+        train_period=train_period, area="valid target, no radar gap, no layover or shadow"
+    )
+    crs_source = cube["/dem"].to_dataset()
+    tree = xr.DataTree.from_dict(
+        {
+            **{path: _georef_like(ds, crs_source) for path, ds in groups.items()},
+            "/quality": _georef_like(quality, crs_source),
+            "/normalisation": stats,
+        }
+    )
+    tree.attrs.update(
+        {
+            "title": "sar2ndvi features",
+            "sar2ndvi:version": sar2ndvi.__version__,
+            "sar2ndvi:feature_spec": spec.to_dict(),
+            "sar2ndvi:variant": spec.name,
+            "sar2ndvi:window": spec.window,
+            "sar2ndvi:train_period": train_period,
+            "sar2ndvi:cube": {
+                k: v
+                for k, v in cube.attrs.items()
+                if k in ("sar2ndvi:recipe", "sar2ndvi:items", "sar2ndvi:version")
+            },
+        }
+    )
+    return tree
+
+
+def _georef_like(ds: xr.Dataset, source: xr.Dataset) -> xr.Dataset:
+    """Copy the grid mapping of `source` (its spatial_ref) onto `ds`."""
+    if "spatial_ref" in source.coords:
+        ds = ds.assign_coords(spatial_ref=source["spatial_ref"])
+        for name, var in ds.data_vars.items():
+            if "y" in var.dims and "x" in var.dims:
+                ds[name].attrs["grid_mapping"] = "spatial_ref"
+    return ds
+
+
+def stored_stats(features: xr.DataTree) -> xr.Dataset:
+    """The normalisation statistics stored with a feature store (read back lazily)."""
+    if "normalisation" not in features.children:
+        raise InputError("this feature store holds no normalisation statistics")
+    return features["/normalisation"].to_dataset()
+
+
+__all__ = [
+    "CHANNELS",
+    "PAPER_CHANNELS",
+    "VARIANTS",
+    "FeatureSpec",
+    "build_features",
+    "denormalise",
+    "feature_stack",
+    "impute_isolated",
+    "ndvi_target",
+    "normalisation_stats",
+    "normalise",
+    "orbit_means",
+    "quality_layers",
+    "slope_aspect",
+    "stored_stats",
+    "terrain_encodings",
+    "variant",
+]
