@@ -66,7 +66,7 @@ VERSION_ATTR = "sar2ndvi:version"
 GRID_MAPPING = "spatial_ref"
 #: Default upper bound on the uncompressed size of one region (a group of whole chunks that is
 #: computed, written and marked done together).
-REGION_BYTES = 128 * 2**20
+REGION_BYTES = 32 * 2**20
 
 _STATE_DIR = ".sar2ndvi"
 _PLAN = "plan.json"
@@ -387,12 +387,20 @@ def _fingerprint(nodes: list[tuple[str, xr.Dataset]], zarr_format: int, level: i
 
 
 def _region_step(chunks: tuple[tuple[int, ...], ...], itemsize: int, budget: int) -> list[int]:
-    """Chunks per region along each dim: whole chunks, grown from the fastest dim."""
+    """Chunks per region along each dim: spatial tiles of whole chunks.
+
+    A region spans the leading dims (time, band) first, as far as the budget allows, then
+    grows along x and y. Tiles that cover every band or time step compute the shared
+    upstream work of a pixel block once, and keep memory per region bounded by the budget
+    whatever the scene size.
+    """
+    ndim = len(chunks)
     nblocks = [len(c) for c in chunks]
     size = [c[0] for c in chunks]
-    step = [1] * len(chunks)
+    step = [1] * ndim
     inner = itemsize * math.prod(size)
-    for d in reversed(range(len(chunks))):
+    order = [*range(ndim - 2), ndim - 1, ndim - 2] if ndim >= 2 else list(range(ndim))
+    for d in order:
         fit = max(1, budget // max(inner, 1))
         step[d] = int(min(nblocks[d], fit))
         inner *= step[d]
