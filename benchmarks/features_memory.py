@@ -60,16 +60,14 @@ def run_one(size: int, out: Path) -> dict:
     import dask
     from pyproj import CRS
 
-    from sar2ndvi import store
-    from sar2ndvi.features import FeatureSpec, build_features
+    from sar2ndvi.features import FeatureSpec, write_features
 
     start = time.perf_counter()
     cube = lazy_cube(size)
     for group in ("/s1", "/s2", "/dem"):
         cube[group] = xr_georef(cube[group].to_dataset(), CRS.from_epsg(32611))
-    tree = build_features(cube, FeatureSpec(window=29))
     with dask.config.set(scheduler="threads", num_workers=2):
-        store.write(tree, out, progress=False)
+        write_features(cube, str(out), FeatureSpec(window=29), progress=False)
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"size": size, "seconds": time.perf_counter() - start, "peak_mib": peak_kib / 1024}
 

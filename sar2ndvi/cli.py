@@ -463,20 +463,25 @@ def _features(
     overwrite: bool = False,
 ) -> None:
     from sar2ndvi import store
-    from sar2ndvi.features import build_features, variant
+    from sar2ndvi.features import variant, write_features
 
     spec = variant(variant_name, window)
     if store.is_complete(out) and not overwrite:
         console.print(f"{out} is complete already: reused", soft_wrap=True)
     else:
-        cube = store.open(cube_path)
-        tree = build_features(cube, spec, train_period=train_period)
         console.print(
             f"features: {', '.join(spec.channels)}; window {spec.window} px; "
             f"normalised on the {train_period}-event period",
             soft_wrap=True,
         )
-        store.write(tree, out, overwrite=overwrite, progress=True)
+        write_features(
+            store.open(cube_path),
+            out,
+            spec,
+            train_period=train_period,
+            overwrite=overwrite,
+            progress=True,
+        )
     _print_feature_summary(out)
 
 

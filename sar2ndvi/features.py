@@ -414,42 +414,62 @@ def _rvi(vv_db: xr.DataArray, vh_db: xr.DataArray) -> xr.DataArray:
     )
 
 
-def feature_stack(cube: xr.DataTree, spec: FeatureSpec, period: str) -> xr.Dataset:
-    """The (band, y, x) feature stack of one period, in physical units (not normalised).
+#: The chunk-local layers every feature channel is made from (stage 1 of a stored build).
+LAYERS: tuple[str, ...] = ("vv", "vh", *ORBIT_CHANNELS, "sin_aspect", "cos_aspect", "sin_slope")
 
-    Returns a Dataset with `features` (band, y, x) float32, band coordinate = channel
-    names, and `gaps` (y, x) uint8: 1 where the fused VV or VH has no data after
-    imputation (shadow, swath edges): the reported large gaps.
+
+def base_layers(cube: xr.DataTree, spec: FeatureSpec, period: str) -> xr.Dataset:
+    """Stage 1: the per-pixel layers of one period, before any window statistic.
+
+    Returns `layers` (layer, y, x) float32: the fused and per-orbit means in dB and the
+    terrain encodings (see `LAYERS`), and `gaps` (y, x) uint8: 1 where the fused VV or VH
+    has no data after imputation (shadow, swath edges), the reported large gaps.
     """
-    s1 = cube["/s1"].to_dataset()
-    means = orbit_means(s1, period, spec.min_valid_neighbours)
+    means = orbit_means(cube["/s1"].to_dataset(), period, spec.min_valid_neighbours)
     terrain = terrain_encodings(cube["/dem"].to_dataset()["elevation"])
-    layers: dict[str, Callable[[], xr.DataArray]] = {
-        "vv": lambda: means["vv"],
-        "vh": lambda: means["vh"],
-        "vv_asc": lambda: means["vv_asc"],
-        "vh_asc": lambda: means["vh_asc"],
-        "vv_desc": lambda: means["vv_desc"],
-        "vh_desc": lambda: means["vh_desc"],
-        "sin_aspect": lambda: terrain["sin_aspect"],
-        "cos_aspect": lambda: terrain["cos_aspect"],
-        "sin_slope": lambda: terrain["sin_slope"],
-        "vh_vv_ratio": lambda: _ratio_db(means["vh"], means["vv"]),
-        "rvi": lambda: _rvi(means["vv"], means["vh"]),
-    }
+    source = {**{k: means[k] for k in means.data_vars}, **{k: terrain[k] for k in terrain}}
+    layers = xr.concat(
+        [source[name].astype(np.float32).drop_attrs() for name in LAYERS],
+        dim=xr.Variable("layer", list(LAYERS)),
+        coords="minimal",
+        compat="override",
+    ).transpose("layer", "y", "x")
+    layers.attrs.update(long_name="orbit means (dB) and terrain encodings", period=period)
+    gaps = (means["vv"].isnull() | means["vh"].isnull()).astype(np.uint8)
+    gaps.attrs.update(long_name="no radar data after imputation (large gaps)", period=period)
+    return xr.Dataset({"layers": layers, "gaps": gaps})
+
+
+def stack_from_layers(base: xr.Dataset, spec: FeatureSpec, period: str) -> xr.Dataset:
+    """Stage 2: the (band, y, x) feature stack from stage-1 layers (lazy or stored).
+
+    Only the local statistics look beyond a pixel (a halo of window // 2); every other
+    channel is a layer or a per-pixel function of layers.
+    """
+
+    def layer(name: str) -> xr.DataArray:
+        return base["layers"].sel(layer=name, drop=True)
+
     stats: dict[str, xr.DataArray] = {}
     for pol in ("vv", "vh"):
         if f"{pol}_mean" in spec.channels or f"{pol}_std" in spec.channels:
-            mean, std = local_mean_std(means[pol], spec.window)
-            stats[f"{pol}_mean"], stats[f"{pol}_std"] = mean, std
+            stats[f"{pol}_mean"], stats[f"{pol}_std"] = local_mean_std(layer(pol), spec.window)
+    derived: dict[str, Callable[[], xr.DataArray]] = {
+        "vh_vv_ratio": lambda: _ratio_db(layer("vh"), layer("vv")),
+        "rvi": lambda: _rvi(layer("vv"), layer("vh")),
+    }
     channels = []
     for name in spec.channels:
-        layer = stats[name] if name in stats else layers[name]()
-        channels.append(layer.astype(np.float32).drop_attrs())
+        if name in stats:
+            value = stats[name]
+        elif name in derived:
+            value = derived[name]()
+        else:
+            value = layer(name)
+        channels.append(value.astype(np.float32).drop_attrs())
     features = xr.concat(
         channels, dim=xr.Variable("band", list(spec.channels)), coords="minimal", compat="override"
-    )
-    features = features.transpose("band", "y", "x")
+    ).transpose("band", "y", "x")
     features = features.chunk({"band": 1})
     features.attrs.update(
         long_name="SAR2NDVI features (physical units, not normalised)",
@@ -457,9 +477,13 @@ def feature_stack(cube: xr.DataTree, spec: FeatureSpec, period: str) -> xr.Datas
         window=spec.window,
         variant=spec.name,
     )
-    gaps = (means["vv"].isnull() | means["vh"].isnull()).astype(np.uint8)
-    gaps.attrs.update(long_name="no radar data after imputation (large gaps)", period=period)
-    return xr.Dataset({"features": features, "gaps": gaps})
+    return xr.Dataset({"features": features, "gaps": base["gaps"]})
+
+
+def feature_stack(cube: xr.DataTree, spec: FeatureSpec, period: str) -> xr.Dataset:
+    """The (band, y, x) feature stack of one period, in physical units (not normalised),
+    with its `gaps` layer: `base_layers` and `stack_from_layers` in one lazy graph."""
+    return stack_from_layers(base_layers(cube, spec, period), spec, period)
 
 
 # --- step 5: normalisation -----------------------------------------------------------------
@@ -631,13 +655,7 @@ def build_features(
         raise InputError(
             f"the cube has no Sentinel-1 scene in the training period {train_period!r}"
         )
-    train = groups[f"/{train_period}"]
-    unreliable = sum(quality[name] for name in quality.data_vars) > 0
-    mask = train["target"].notnull() & (train["gaps"] == 0) & ~unreliable
-    stats = normalisation_stats(train["features"], mask, spec.clip_sigma)
-    stats.attrs.update(
-        train_period=train_period, area="valid target, no radar gap, no layover or shadow"
-    )
+    stats = _training_stats(groups[f"/{train_period}"], quality, spec, train_period)
     crs_source = cube["/dem"].to_dataset()
     tree = xr.DataTree.from_dict(
         {
@@ -646,22 +664,128 @@ def build_features(
             "/normalisation": stats,
         }
     )
-    tree.attrs.update(
+    tree.attrs.update(_root_attrs(cube, spec, train_period))
+    return tree
+
+
+def _training_stats(
+    train: xr.Dataset, quality: xr.Dataset, spec: FeatureSpec, train_period: str
+) -> xr.Dataset:
+    """Normalisation statistics over the training period's usable pixels: a clear-sky
+    target, no radar gap, no layover or shadow in any orbit."""
+    unreliable = sum(quality[name] for name in quality.data_vars) > 0
+    mask = train["target"].notnull() & (train["gaps"] == 0) & ~unreliable
+    stats = normalisation_stats(train["features"], mask, spec.clip_sigma)
+    stats.attrs.update(
+        train_period=train_period, area="valid target, no radar gap, no layover or shadow"
+    )
+    return stats
+
+
+def _root_attrs(cube: xr.DataTree, spec: FeatureSpec, train_period: str) -> dict[str, Any]:
+    return {
+        "title": "sar2ndvi features",
+        "sar2ndvi:version": sar2ndvi.__version__,
+        "sar2ndvi:feature_spec": spec.to_dict(),
+        "sar2ndvi:variant": spec.name,
+        "sar2ndvi:window": spec.window,
+        "sar2ndvi:train_period": train_period,
+        "sar2ndvi:cube": {
+            k: v
+            for k, v in cube.attrs.items()
+            if k in ("sar2ndvi:recipe", "sar2ndvi:items", "sar2ndvi:version")
+        },
+    }
+
+
+def write_features(
+    cube: xr.DataTree,
+    out: str,
+    spec: FeatureSpec | None = None,
+    *,
+    train_period: str = "pre",
+    overwrite: bool = False,
+    progress: bool = True,
+) -> str:
+    """Compute and store the feature store of `build_features`, in flat memory.
+
+    Three passes, each reading stored data, so that no step needs more than a region of
+    pixels in memory whatever the scene size:
+
+    1. the chunk-local layers (orbit means, terrain encodings, NDVI target, quality) into
+       a temporary store beside `out` (``<out>.stage1``; resumable, removed at the end);
+    2. the feature stack from the stored layers (the local statistics read their halo
+       from the store instead of recomputing it) into `out`;
+    3. the normalisation statistics from the stored stack, added as ``/normalisation``.
+
+    The result has the same groups and values as `store.write(build_features(...))`.
+    """
+    from sar2ndvi import store
+
+    spec = spec or FeatureSpec()
+    out = str(out)
+    if store.is_complete(out) and not overwrite:
+        raise store.StoreExistsError(
+            f"{out} already holds a complete store; pass "
+            "overwrite=True to replace it, or write to another path"
+        )
+    s1 = _with_loaded_coords(cube["/s1"].to_dataset())
+    s2 = _with_loaded_coords(cube["/s2"].to_dataset())
+    periods = [p for p in ("pre", "post") if bool((s1["period"] == p).any())]
+    if train_period not in periods:
+        raise InputError(
+            f"the cube has no Sentinel-1 scene in the training period {train_period!r}"
+        )
+    dem = cube["/dem"].to_dataset()
+    stage1_path = f"{out.rstrip('/')}.stage1"
+    stage1 = xr.DataTree.from_dict(
         {
-            "title": "sar2ndvi features",
-            "sar2ndvi:version": sar2ndvi.__version__,
-            "sar2ndvi:feature_spec": spec.to_dict(),
-            "sar2ndvi:variant": spec.name,
-            "sar2ndvi:window": spec.window,
-            "sar2ndvi:train_period": train_period,
-            "sar2ndvi:cube": {
-                k: v
-                for k, v in cube.attrs.items()
-                if k in ("sar2ndvi:recipe", "sar2ndvi:items", "sar2ndvi:version")
+            **{
+                f"/{p}": _georef_like(
+                    xr.merge(
+                        [base_layers(cube, spec, p), ndvi_target(s2, p)],
+                        join="exact",
+                        compat="no_conflicts",
+                    ),
+                    dem,
+                )
+                for p in periods
             },
+            "/quality": _georef_like(
+                quality_layers(dem["elevation"], orbit_geometries(s1, spec.incidence)), dem
+            ),
         }
     )
-    return tree
+    if not store.is_complete(stage1_path):
+        store.write(stage1, stage1_path, progress=progress)
+    layers = store.open(stage1_path)
+    final = xr.DataTree.from_dict(
+        {
+            **{
+                f"/{p}": _georef_like(_period_group(layers[f"/{p}"].to_dataset(), spec, p), dem)
+                for p in periods
+            },
+            "/quality": layers["/quality"].to_dataset(),
+        }
+    )
+    final.attrs.update(_root_attrs(cube, spec, train_period))
+    store.write(final, out, overwrite=overwrite, progress=progress)
+    stored = store.open(out)
+    stats = _training_stats(
+        stored[f"/{train_period}"].to_dataset(), stored["/quality"].to_dataset(), spec, train_period
+    )
+    store.add_group(out, "normalisation", stats)
+    store.remove(stage1_path)
+    return out
+
+
+def _period_group(stage1: xr.Dataset, spec: FeatureSpec, period: str) -> xr.Dataset:
+    """A period's final group from its stored stage-1 layers: features, gaps, target."""
+    return xr.merge(
+        [stack_from_layers(stage1, spec, period), stage1[["target", "clear_count"]]],
+        join="exact",
+        compat="no_conflicts",
+    )
 
 
 def _georef_like(ds: xr.Dataset, source: xr.Dataset) -> xr.Dataset:
@@ -686,6 +810,7 @@ __all__ = [
     "PAPER_CHANNELS",
     "VARIANTS",
     "FeatureSpec",
+    "base_layers",
     "build_features",
     "denormalise",
     "feature_stack",
@@ -696,7 +821,9 @@ __all__ = [
     "orbit_means",
     "quality_layers",
     "slope_aspect",
+    "stack_from_layers",
     "stored_stats",
     "terrain_encodings",
     "variant",
+    "write_features",
 ]

@@ -67,6 +67,8 @@ GRID_MAPPING = "spatial_ref"
 #: Default upper bound on the uncompressed size of one region (a group of whole chunks that is
 #: computed, written and marked done together).
 REGION_BYTES = 32 * 2**20
+#: At most this many chunks along each of y and x in one region.
+REGION_TILE = 2
 
 _STATE_DIR = ".sar2ndvi"
 _PLAN = "plan.json"
@@ -402,9 +404,12 @@ def _region_step(chunks: tuple[tuple[int, ...], ...], itemsize: int, budget: int
     order = [*range(ndim - 2), ndim - 1, ndim - 2] if ndim >= 2 else list(range(ndim))
     for d in order:
         fit = max(1, budget // max(inner, 1))
-        step[d] = int(min(nblocks[d], fit))
+        # at most a fixed tile of chunks along y and x: the same pixels per region at any
+        # scene size, so that memory does not grow with the scene
+        cap = min(nblocks[d], REGION_TILE) if d >= ndim - 2 else nblocks[d]
+        step[d] = int(min(cap, fit))
         inner *= step[d]
-        if step[d] < nblocks[d]:
+        if step[d] < cap:  # the byte budget binds: the slower dims stay one chunk wide
             break
     return step
 
@@ -536,6 +541,55 @@ def write(
     t.fs.invalidate_cache()
     if t.fs.exists(t.join(_STATE_DIR)):
         t.fs.rm(t.join(_STATE_DIR), recursive=True)
+    return t.url
+
+
+def remove(target: str | os.PathLike, *, storage_options: dict | None = None) -> None:
+    """Delete a store (a no-op when there is none)."""
+    t = _Target.of(target, storage_options)
+    if t.exists():
+        t.rm()
+
+
+def add_group(
+    target: str | os.PathLike,
+    group: str,
+    ds: xr.Dataset,
+    *,
+    storage_options: dict | None = None,
+) -> str:
+    """Add (or replace) a small group, computed now, in a complete store.
+
+    For results that can only be computed from what a store already holds, such as
+    statistics over a stored stack. While the group is written the store is flagged
+    incomplete, so a reader never sees it half-added; a crash leaves it incomplete, and
+    the write that made it, run again, starts it over.
+    """
+    t = _Target.of(target, storage_options)
+    if not _is_complete(t):
+        raise IncompleteStoreError(f"{t.url} is not a complete store; cannot add /{group} to it")
+    state = _root_attrs(t)
+    assert state is not None
+    zarr_format = state[0]
+    group = group.strip("/")
+    data = ds.compute()
+    if any(_spatial_dims(v) for v in data.data_vars.values()):
+        data = _ensure_georeferenced(data, f"/{group}")
+    for var in data.variables.values():
+        var.encoding = {}
+    zstore = t.zarr_store()
+    root = zarr.open_group(zstore, mode="r+", zarr_format=zarr_format, use_consolidated=False)
+    root.attrs[COMPLETE_ATTR] = False
+    if zarr_format == 2:
+        _consolidate(zstore)
+    try:
+        data.to_zarr(zstore, group=group, mode="w", zarr_format=zarr_format, consolidated=False)
+    except Exception as exc:
+        raise StoreError(f"{t.url}: cannot write group /{group}: {exc}") from exc
+    root.attrs[COMPLETE_ATTR] = True
+    if zarr_format == 2:
+        _consolidate(zstore)
+    t.fs.invalidate_cache()
     return t.url
 
 

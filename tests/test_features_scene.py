@@ -127,3 +127,23 @@ def test_cli_features_records_window_and_variant(stored, tmp_path):
                                str(tmp_path / "g.zarr")])
     assert bad.exit_code == 2
     assert "window 12" in bad.output
+
+
+def test_the_three_pass_build_equals_the_one_graph_build(stored, tmp_path):
+    from sar2ndvi.features import write_features
+
+    _, _, cube_path, one_graph = stored
+    out = tmp_path / "three-pass.zarr"
+    write_features(store.open(cube_path), str(out), FeatureSpec(window=11), progress=False)
+    assert store.is_complete(out)
+    assert not (tmp_path / "three-pass.zarr.stage1").exists()
+    a, b = store.open(one_graph), store.open(out)
+    for group in ("/pre", "/post", "/quality"):
+        xr_a, xr_b = a[group].to_dataset().compute(), b[group].to_dataset().compute()
+        for name in xr_a.data_vars:
+            np.testing.assert_array_equal(xr_b[name].values, xr_a[name].values,
+                                          err_msg=f"{group}/{name}")
+    sa, sb = stored_stats(a).compute(), stored_stats(b).compute()
+    np.testing.assert_allclose(sb.center.values, sa.center.values, rtol=1e-6)
+    np.testing.assert_allclose(sb.scale.values, sa.scale.values, rtol=1e-6)
+    assert b.attrs["sar2ndvi:window"] == 11
