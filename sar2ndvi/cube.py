@@ -30,7 +30,7 @@ import xarray as xr
 from rasterio.enums import Resampling
 
 import sar2ndvi
-from sar2ndvi.catalog import SceneSelection, select_scenes
+from sar2ndvi.catalog import SceneSelection, item_time_range, select_scenes
 from sar2ndvi.errors import InputError
 from sar2ndvi.items import (
     DEM_ASSET_ALIASES,
@@ -124,9 +124,8 @@ def _check_readable(
 
 
 def _time(item: pystac.Item) -> np.datetime64:
-    t = item.datetime
-    if t is None:
-        t = datetime.fromisoformat(str(item.properties["start_datetime"]).replace("Z", "+00:00"))
+    """The item's datetime (or, for a range-only item, its start) as naive UTC."""
+    t = item.datetime or item_time_range(item)[0]
     if t.tzinfo is not None:
         t = t.astimezone(UTC).replace(tzinfo=None)
     return np.datetime64(t, "ns")

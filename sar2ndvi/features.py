@@ -240,15 +240,24 @@ def _dask(image: xr.DataArray) -> da.Array:
     return da.from_array(image.values, chunks=image.shape)
 
 
-def _slope_aspect_block(block: np.ndarray, resolution: float) -> np.ndarray:
-    slope, aspect = horn_slope_aspect(block, resolution)
-    return np.stack([slope, aspect])
+def _slope_aspect_block(padded: np.ndarray, resolution: float) -> np.ndarray:
+    """(2, y, x) slope and aspect of a block with a 1-pixel halo, halo cropped."""
+    slope, aspect = horn_slope_aspect(padded, resolution)
+    return np.stack([slope, aspect])[:, 1:-1, 1:-1]
 
 
 def slope_aspect(elevation: xr.DataArray) -> xr.Dataset:
-    """Horn (1981) slope and aspect (degrees) of a (y, x) DEM, chunk by chunk."""
-    res = _resolution(elevation)
-    stacked = _slope_aspect_lazy(_dask(elevation), res)
+    """Horn (1981) slope and aspect (degrees) of a (y, x) DEM, chunk by chunk: each chunk
+    with a 1-pixel halo (edges replicated, as Horn's method does at the scene edge)."""
+    data = _dask(elevation)
+    padded = da.overlap.overlap(data, depth={0: 1, 1: 1}, boundary="nearest")
+    stacked = padded.map_blocks(
+        _slope_aspect_block,
+        _resolution(elevation),
+        dtype=np.float32,
+        new_axis=0,
+        chunks=((2,), *data.chunks),
+    )
     coords = {"y": elevation.y, "x": elevation.x}
     return xr.Dataset(
         {
@@ -269,23 +278,6 @@ def slope_aspect(elevation: xr.DataArray) -> xr.Dataset:
             ),
         }
     )
-
-
-def _slope_aspect_lazy(data: da.Array, resolution: float) -> da.Array:
-    """(2, y, x) slope and aspect: each chunk with a 1-pixel halo (edges replicated, as
-    Horn's method does at the scene edge)."""
-
-    def block(b: np.ndarray) -> np.ndarray:
-        return _slope_aspect_block(b, resolution)
-
-    padded = da.overlap.overlap(data, depth={0: 1, 1: 1}, boundary="nearest")
-    out = padded.map_blocks(
-        lambda b: block(b)[:, 1:-1, 1:-1],
-        dtype=np.float32,
-        new_axis=0,
-        chunks=((2,), *data.chunks),
-    )
-    return out
 
 
 def terrain_encodings(elevation: xr.DataArray) -> xr.Dataset:
@@ -644,9 +636,7 @@ def build_features(
         cube["/dem"].to_dataset()["elevation"], orbit_geometries(s1, spec.incidence)
     )
     groups: dict[str, xr.Dataset] = {}
-    for period in ("pre", "post"):
-        if not bool((s1["period"] == period).any()):
-            continue
+    for period in _periods(s1):
         stack = feature_stack(cube, spec, period)
         groups[f"/{period}"] = xr.merge(
             [stack, ndvi_target(s2, period)], join="exact", compat="no_conflicts"
@@ -666,6 +656,11 @@ def build_features(
     )
     tree.attrs.update(_root_attrs(cube, spec, train_period))
     return tree
+
+
+def _periods(s1: xr.Dataset) -> list[str]:
+    """The periods ("pre", "post") that hold at least one Sentinel-1 scene."""
+    return [p for p in ("pre", "post") if bool((s1["period"] == p).any())]
 
 
 def _training_stats(
@@ -731,7 +726,7 @@ def write_features(
         )
     s1 = _with_loaded_coords(cube["/s1"].to_dataset())
     s2 = _with_loaded_coords(cube["/s2"].to_dataset())
-    periods = [p for p in ("pre", "post") if bool((s1["period"] == p).any())]
+    periods = _periods(s1)
     if train_period not in periods:
         raise InputError(
             f"the cube has no Sentinel-1 scene in the training period {train_period!r}"
