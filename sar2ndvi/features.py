@@ -21,11 +21,18 @@ import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
+from dask.array.reductions import cumreduction
 from scipy import ndimage
 
 import sar2ndvi
 from sar2ndvi.errors import InputError
-from sar2ndvi.geometry import OrbitGeometry, horn_slope_aspect, layover_shadow
+from sar2ndvi.geometry import (
+    OrbitGeometry,
+    cast_shadow,
+    facing_masks,
+    horn_slope_aspect,
+    shadow_sweep_height,
+)
 from sar2ndvi.localstats import local_mean_std
 
 PAPER_CHANNELS: tuple[str, ...] = (
@@ -300,27 +307,52 @@ def terrain_encodings(elevation: xr.DataArray) -> xr.Dataset:
     )
 
 
+def _running_max(values: da.Array, reverse: bool) -> da.Array:
+    """Cumulative maximum along x, chunk by chunk (each chunk carries the maximum so far)."""
+    if reverse:
+        return _running_max(values[:, ::-1], reverse=False)[:, ::-1]
+    return cumreduction(
+        np.maximum.accumulate, np.maximum, -np.inf, values, axis=1, dtype=values.dtype
+    )
+
+
+def _facing_block(slope: np.ndarray, aspect: np.ndarray, geometry: OrbitGeometry) -> np.ndarray:
+    return np.stack(facing_masks(slope, aspect, geometry))
+
+
 def quality_layers(elevation: xr.DataArray, orbits: Mapping[str, OrbitGeometry]) -> xr.Dataset:
     """Layover and shadow masks (uint8, 1 = affected) per orbit, from the DEM.
 
-    Cast shadow is traced along grid rows, so each chunk holds whole rows (the DEM is
-    rechunked to one chunk across x; memory per chunk is rows x scene width).
+    The same masks as `sar2ndvi.geometry.layover_shadow` on the whole scene, chunk by chunk:
+    layover and self-shadow are per pixel (Horn slope and aspect with a 1-pixel halo); cast
+    shadow compares each pixel's sweep height with its running maximum from the sensor side
+    of the row, a cumulative maximum that Dask carries from chunk to chunk along x, so memory
+    stays one chunk per task whatever the scene width.
     """
     res = _resolution(elevation)
-    data = _dask(elevation)
-    rows = data.rechunk({1: -1})
-    padded = da.overlap.overlap(rows, depth={0: 1, 1: 1}, boundary="nearest")
+    height = _dask(elevation).astype(np.float64)
+    sa = slope_aspect(elevation)
+    slope, aspect = _dask(sa["slope"]), _dask(sa["aspect"])
+    width = height.shape[1]
+    columns = da.arange(width, chunks=(height.chunks[1],), dtype=np.float64)[None, :]
     layers: dict[str, xr.DataArray] = {}
     coords = {"y": elevation.y, "x": elevation.x}
     for orbit, geometry in orbits.items():
-
-        def block(b: np.ndarray, geometry: OrbitGeometry = geometry) -> np.ndarray:
-            slope, aspect = horn_slope_aspect(b, res)
-            layover, shadow = layover_shadow(b, res, geometry, slope, aspect)
-            return np.stack([layover, shadow]).astype(np.uint8)[:, 1:-1, 1:-1]
-
-        masks = padded.map_blocks(block, dtype=np.uint8, new_axis=0, chunks=((2,), *rows.chunks))
-        masks = masks.rechunk((2, *data.chunks))
+        descending = geometry.orbit_state == "descending"
+        index = (width - 1) - columns if descending else columns
+        sweep = da.map_blocks(shadow_sweep_height, height, res, geometry, index, dtype=np.float64)
+        cast = da.map_blocks(
+            cast_shadow, sweep, _running_max(sweep, reverse=descending), dtype=bool
+        )
+        facing = da.map_blocks(
+            _facing_block,
+            slope,
+            aspect,
+            geometry,
+            dtype=bool,
+            new_axis=0,
+            chunks=((2,), *height.chunks),
+        )
         attrs = {
             "orbit_state": orbit,
             "heading": geometry.heading,
@@ -328,10 +360,16 @@ def quality_layers(elevation: xr.DataArray, orbits: Mapping[str, OrbitGeometry])
             "flag_values": [0, 1],
         }
         layers[f"layover_{orbit}"] = xr.DataArray(
-            masks[0], dims=("y", "x"), coords=coords, attrs={**attrs, "long_name": "active layover"}
+            facing[0].astype(np.uint8),
+            dims=("y", "x"),
+            coords=coords,
+            attrs={**attrs, "long_name": "active layover"},
         )
         layers[f"shadow_{orbit}"] = xr.DataArray(
-            masks[1], dims=("y", "x"), coords=coords, attrs={**attrs, "long_name": "radar shadow"}
+            (facing[1] | cast).astype(np.uint8),
+            dims=("y", "x"),
+            coords=coords,
+            attrs={**attrs, "long_name": "radar shadow"},
         )
     return xr.Dataset(layers)
 

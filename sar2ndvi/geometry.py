@@ -120,30 +120,67 @@ def local_incidence_angle(
     return np.minimum(angle, np.nextafter(np.float32(180.0), np.float32(0.0))).astype(np.float32)
 
 
-def _ray_traced_shadow(
-    elevation: np.ndarray, resolution: float, geometry: OrbitGeometry
+def shadow_sweep_height(
+    elevation: np.ndarray, resolution: float, geometry: OrbitGeometry, range_index: np.ndarray
 ) -> np.ndarray:
-    """Cast shadow along grid rows, the sensor west (ascending) or east (descending).
+    """The height w = z + i * drop that cast-shadow tracing compares along a range line.
 
     A ray from the sensor descends at the depression angle (90 - incidence), i.e. by
     resolution / tan(incidence) metres per pixel. Pixel j is hidden when some pixel k nearer
-    the sensor has z_k - (j - k) * drop > z_j, i.e. when w_j = z_j + j * drop is below the
-    running maximum of w over the pixels before it: one cumulative maximum per row.
+    the sensor has z_k - (i_j - i_k) * drop > z_j, i.e. when w_j = z_j + i_j * drop is below
+    the running maximum of w over the pixels nearer the sensor.
+
+    Args:
+        elevation: (H, W) metres.
+        resolution: pixel size, metres.
+        geometry: the orbit (its incidence).
+        range_index: (W,) or (H, W) distance from the sensor-side scene edge, in pixels
+            (the column for ascending passes, W - 1 - column for descending ones).
+
+    Returns:
+        (H, W) float64 metres.
     """
-    z = np.asarray(elevation, dtype=np.float64)
-    if geometry.orbit_state == "descending":
-        z = z[:, ::-1]  # sweep from the sensor side: east to west
     drop = resolution / np.tan(np.deg2rad(geometry.incidence))
-    w = z + drop * np.arange(z.shape[1], dtype=np.float64)[None, :]
-    horizon = np.maximum.accumulate(w, axis=1)
-    previous = np.full_like(w, -np.inf)
-    previous[:, 1:] = horizon[:, :-1]
-    # A relative tolerance keeps flat or uniformly sloping ground from flickering into shadow.
-    tol = 1e-9 * max(1.0, float(np.nanmax(np.abs(w))) if w.size else 1.0)
-    shadow = w < previous - tol
-    if geometry.orbit_state == "descending":
-        shadow = shadow[:, ::-1]
-    return shadow
+    return np.asarray(elevation, dtype=np.float64) + drop * np.asarray(range_index, np.float64)
+
+
+def cast_shadow(sweep: np.ndarray, horizon: np.ndarray) -> np.ndarray:
+    """Cast shadow from the sweep height and its running maximum from the sensor side.
+
+    `horizon` includes the pixel itself, so it exceeds `sweep` exactly where an earlier
+    pixel is higher. A relative tolerance keeps flat or uniformly sloping ground from
+    flickering into shadow; it depends on the pixel only, so a chunked sweep decides
+    exactly as a whole-row one.
+    """
+    return horizon > sweep + 1e-9 * np.maximum(1.0, np.abs(sweep))
+
+
+def _ray_traced_shadow(
+    elevation: np.ndarray, resolution: float, geometry: OrbitGeometry
+) -> np.ndarray:
+    """Cast shadow along grid rows, the sensor west (ascending) or east (descending)."""
+    width = np.shape(elevation)[1]
+    index = np.arange(width, dtype=np.float64)
+    descending = geometry.orbit_state == "descending"
+    w = shadow_sweep_height(elevation, resolution, geometry, index[::-1] if descending else index)
+    if descending:  # sweep from the sensor side: east to west
+        horizon = np.maximum.accumulate(w[:, ::-1], axis=1)[:, ::-1]
+    else:
+        horizon = np.maximum.accumulate(w, axis=1)
+    return cast_shadow(w, horizon)
+
+
+def facing_masks(
+    slope: np.ndarray, aspect: np.ndarray, geometry: OrbitGeometry
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel (layover, self-shadow) masks from the slope facing or turning from the sensor.
+
+    Layover where the rise towards the sensor is steeper than the incidence; self-shadow
+    where the back-slope is steeper than the depression angle (90 - incidence).
+    """
+    rise = _range_slope_tangent(slope, aspect, geometry.look_azimuth)
+    t = np.deg2rad(geometry.incidence)
+    return rise > np.tan(t), -rise > np.tan(np.pi / 2 - t)
 
 
 def layover_shadow(
@@ -177,9 +214,6 @@ def layover_shadow(
     """
     if resolution <= 0:
         raise InputError(f"resolution must be > 0 metres, got {resolution}")
-    rise = _range_slope_tangent(slope, aspect, geometry.look_azimuth)
-    t = np.deg2rad(geometry.incidence)
-    layover = rise > np.tan(t)
-    self_shadow = -rise > np.tan(np.pi / 2 - t)
+    layover, self_shadow = facing_masks(slope, aspect, geometry)
     shadow = self_shadow | _ray_traced_shadow(elevation, resolution, geometry)
     return layover, shadow

@@ -161,6 +161,35 @@ def test_terrain_encodings_do_not_depend_on_chunking():
     xr.testing.assert_identical(one, many)
 
 
+@settings(max_examples=15, deadline=None)
+@given(
+    chunk=st.tuples(st.integers(5, 70), st.integers(5, 90)),
+    seed=st.integers(0, 2**16),
+)
+def test_quality_layers_equal_the_whole_scene_trace_for_any_chunking(chunk, seed):
+    """Cast shadow is a running maximum along rows: carried across x-chunks, it must decide
+    every pixel exactly as the whole-row trace of the simulator's geometry does."""
+    from scipy import ndimage
+
+    from sar2ndvi.features import quality_layers
+    from sar2ndvi.geometry import ASCENDING, DESCENDING, horn_slope_aspect, layover_shadow
+
+    rng = np.random.default_rng(seed)
+    z = (ndimage.gaussian_filter(rng.normal(size=(70, 90)), 4) * 3000 + 800).astype(np.float32)
+    dem = xr.DataArray(z, dims=("y", "x"), coords=_grid_coords(70, 90)).chunk(
+        {"y": chunk[0], "x": chunk[1]}
+    )
+    layers = quality_layers(dem, {"ascending": ASCENDING, "descending": DESCENDING}).compute()
+    slope, aspect = horn_slope_aspect(z, RES)
+    for geometry in (ASCENDING, DESCENDING):
+        layover, shadow = layover_shadow(z, RES, geometry, slope, aspect)
+        # the terrain is steep enough to test both
+        assert shadow.any()
+        assert layover.any()
+        np.testing.assert_array_equal(layers[f"layover_{geometry.orbit_state}"], layover)
+        np.testing.assert_array_equal(layers[f"shadow_{geometry.orbit_state}"], shadow)
+
+
 # --- target and normalisation ---------------------------------------------------------------
 
 def test_target_is_the_median_of_clear_views():
