@@ -15,13 +15,18 @@ from rich.console import Console
 from rich.table import Table
 
 import sar2ndvi
-from sar2ndvi.errors import Sar2ndviError
+from sar2ndvi.errors import OutputExistsError, Sar2ndviError
 
 console = Console()
 if not console.is_terminal:
     # piped or captured: no terminal width to respect, and folded ids are unreadable
     console = Console(width=200)
 err_console = Console(stderr=True)
+
+#: The demo's scene side (px): large enough for three spatially disjoint blocks of 128 px
+#: patches with a one-patch buffer between them.
+DEMO_SIZE = "1024"
+DEMO_EPOCHS = 20
 
 
 def _size(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[int, int]:
@@ -51,7 +56,7 @@ def main() -> None:
     """Optical-like NDVI from Sentinel-1 radar, and landslide maps from it."""
 
 
-def _scene_options(f: Any) -> Any:
+def _scene_options(f: Any, size: str = "512") -> Any:
     f = click.option(
         "--seed",
         type=int,
@@ -61,7 +66,7 @@ def _scene_options(f: Any) -> Any:
     )(f)
     f = click.option(
         "--size",
-        default="512",
+        default=size,
         show_default=True,
         callback=_size,
         help="Scene size in 10 m pixels: N or ROWSxCOLS.",
@@ -98,6 +103,10 @@ def _scene_options(f: Any) -> Any:
         "--overwrite", is_flag=True, help="Replace an output folder that holds something else."
     )(f)
     return f
+
+
+def _demo_scene_options(f: Any) -> Any:
+    return _scene_options(f, size=DEMO_SIZE)
 
 
 def _config(
@@ -453,6 +462,186 @@ def features(
     console.print(f"[green]done[/] in {time.perf_counter() - start:.1f} s: {out}", soft_wrap=True)
 
 
+@main.command()
+@click.argument("features_store", metavar="FEATURES")
+@click.option(
+    "--out", type=str, required=True, help="The run's folder (checkpoints, split, metrics)."
+)
+@click.option("--epochs", type=int, default=40, show_default=True, help="At most this many epochs.")
+@click.option("--patch-size", type=int, default=128, show_default=True, help="Patch side, px.")
+@click.option("--overlap", type=int, default=64, show_default=True, help="Patch overlap, px.")
+@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--lr", "learning_rate", type=float, default=1e-3, show_default=True)
+@click.option("--width", type=int, default=32, show_default=True, help="U-net filters, level 1.")
+@click.option("--depth", type=int, default=3, show_default=True, help="U-net down-samplings.")
+@click.option("--patience", type=int, default=8, show_default=True, help="Early stopping.")
+@click.option("--block", type=int, default=None, help="Split block side, px [default: 4 patches].")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
+@click.option("--workers", type=int, default=None, help="Loader processes [default: cores/2].")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from last.pt.")
+@click.option("--overwrite", is_flag=True, help="Replace a finished run in --out.")
+def train(features_store: str, out: str, **options: Any) -> None:
+    """Train the U-net on a feature store (spatially disjoint train/val/test blocks)."""
+    _train(features_store, out, **options)
+
+
+def _train(
+    features_store: str,
+    out: str,
+    *,
+    epochs: int = 40,
+    patch_size: int = 128,
+    overlap: int = 64,
+    batch_size: int = 16,
+    learning_rate: float = 1e-3,
+    width: int = 32,
+    depth: int = 3,
+    patience: int = 8,
+    block: int | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    workers: int | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> Any:
+    from sar2ndvi.model import UNetConfig
+    from sar2ndvi.patches import PatchSpec
+    from sar2ndvi.train import TrainConfig
+    from sar2ndvi.train import train as run
+
+    config = TrainConfig(
+        patch=PatchSpec(patch_size, overlap),
+        model=UNetConfig(width=width, depth=depth),
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        patience=patience,
+        block=block,
+        seed=seed,
+        device=device,
+        num_workers=workers,
+    )
+    console.print(
+        f"training a U-net (width {width}, depth {depth}) on {features_store}: "
+        f"{patch_size} px patches, {overlap} px overlap, up to {epochs} epochs",
+        soft_wrap=True,
+    )
+    result = run(features_store, out, config, resume=resume, overwrite=overwrite)
+    console.print(
+        f"best epoch {result.best_epoch}: validation loss {result.best_val_loss:.4f}"
+        f"{' (stopped early)' if result.stopped_early else ''}; weights in {result.checkpoint}",
+        soft_wrap=True,
+    )
+    return result
+
+
+@main.command()
+@click.argument("model")
+@click.argument("features_store", metavar="FEATURES")
+@click.option("--out", type=str, default=None, help="Folder for metrics.json and figure.png.")
+@click.option("--tta", is_flag=True, help="Average the U-net over flips.")
+@click.option("--no-baselines", is_flag=True, help="Score the U-net only.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def evaluate(
+    model: str,
+    features_store: str,
+    out: str | None,
+    tta: bool,
+    no_baselines: bool,
+    device: str,
+    seed: int,
+) -> None:
+    """Score a trained model on its test blocks against linear and random-forest baselines."""
+    _evaluate(
+        model, features_store, out, tta=tta, baselines=not no_baselines, seed=seed, device=device
+    )
+
+
+def _evaluate(
+    model: str,
+    features_store: str,
+    out: str | None,
+    *,
+    tta: bool = False,
+    baselines: bool = True,
+    seed: int = 0,
+    device: str = "cpu",
+) -> Any:
+    from sar2ndvi import store
+    from sar2ndvi.evaluate import BASELINES, write_report
+    from sar2ndvi.evaluate import evaluate as run
+
+    result = run(
+        model,
+        features_store,
+        tta=tta,
+        baselines=BASELINES if baselines else (),
+        seed=seed,
+        device=device,
+    )
+    console.print(result.format(), highlight=False, soft_wrap=True)
+    if out is not None:
+        crs = store.open(features_store)["/pre"].to_dataset().rio.crs
+        write_report(result, out, crs=None if crs is None else crs.to_string())
+        console.print(f"report: {out}/metrics.json, {out}/figure.png", soft_wrap=True)
+    return result
+
+
+@main.command()
+@click.argument("model")
+@click.argument("features_store", metavar="FEATURES")
+@click.option("--out", type=str, required=True, help="The NDVI store to write (Zarr).")
+@click.option(
+    "--period",
+    type=click.Choice(["pre", "post"]),
+    default="post",
+    show_default=True,
+    help="Which period's features to predict.",
+)
+@click.option("--tta", is_flag=True, help="Average over flips (aspect channels follow).")
+@click.option("--mc-samples", type=int, default=0, show_default=True, help="MC-dropout passes.")
+@click.option("--uncertainty", is_flag=True, help="Add the spread across --tta/--mc-samples.")
+@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N.")
+@click.option("--chunks", type=int, default=1024, show_default=True, help="Output chunk side, px.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing complete store.")
+def predict(model: str, features_store: str, out: str, overwrite: bool, **options: Any) -> None:
+    """Predict NDVI for a whole feature store, chunk by chunk, into a georeferenced Zarr
+    cube (with a STAC item)."""
+    _predict(model, features_store, out, overwrite=overwrite, **options)
+
+
+def _predict(
+    model: str, features_store: str, out: str, *, overwrite: bool = False, **options: Any
+) -> str:
+    from sar2ndvi import store
+    from sar2ndvi.publish import ITEM_FILE, write_prediction
+
+    if store.is_complete(out) and not overwrite:
+        from sar2ndvi.publish import same_prediction
+
+        if not same_prediction(out, model, features_store, **options):
+            raise OutputExistsError(
+                f"{out} holds a prediction made with another model, features or options; "
+                "pass --overwrite to replace it, or write to another --out"
+            )
+        console.print(f"{out} is complete already (same model and inputs): reused", soft_wrap=True)
+        return out
+    console.print(
+        f"predicting NDVI from {features_store} ({options.get('period', 'pre')}) with "
+        f"{model}; writing {out}",
+        soft_wrap=True,
+    )
+    url = write_prediction(model, features_store, out, overwrite=overwrite, **options)
+    console.print(
+        f'NDVI in {url} (GDAL: ZARR:"{url}":/ndvi); STAC item {url}/{ITEM_FILE}',
+        soft_wrap=True,
+    )
+    return url
+
+
 def _features(
     cube_path: str,
     out: str,
@@ -544,41 +733,80 @@ def _print_items(rows: list[tuple[str, Any]], title: str) -> None:
     show_default=True,
     help="Working folder.",
 )
-@_scene_options
-def demo(out: Path, overwrite: bool, **scene_options: Any) -> None:
+@click.option(
+    "--epochs", type=int, default=DEMO_EPOCHS, show_default=True, help="Training epochs (at most)."
+)
+@click.option(
+    "--stop-after",
+    type=click.Choice(["features", "train", "predict"]),
+    default="predict",
+    show_default=True,
+    help="The last stage to run.",
+)
+@_demo_scene_options
+def demo(out: Path, overwrite: bool, epochs: int, stop_after: str, **scene_options: Any) -> None:
     """The main job on the embedded default: simulate the study area, serve it as a STAC
-    API, search it, build its Sentinel-1/Sentinel-2/DEM cube into Zarr, and compute the
-    feature stack and NDVI target."""
+    API, search it, build its Sentinel-1/Sentinel-2/DEM cube into Zarr, compute the feature
+    stack and NDVI target, train the U-net on spatially disjoint blocks and score it on the
+    held-out block against pixel-wise baselines, and predict the post-event NDVI cube."""
     from sar2ndvi.catalog import select_scenes
     from sar2ndvi.synth.area import scene_recipe
     from sar2ndvi.synth.scene import simulate as run
     from sar2ndvi.synth.server import serve_scene
 
+    stages = 5 if stop_after == "features" else 7 if stop_after == "train" else 8
     config = _config(**scene_options)
-    console.rule("[bold]1/5 simulate the study area")
+    console.rule(f"[bold]1/{stages} simulate the study area")
     start = time.perf_counter()
     scene = run(config, out / "scene", overwrite=overwrite, progress=True)
     _print_scene(scene, time.perf_counter() - start)
-    console.rule("[bold]2/5 serve it as a STAC API (rustac)")
+    console.rule(f"[bold]2/{stages} serve it as a STAC API (rustac)")
     with serve_scene(scene) as server:
         console.print(f"STAC API at {server.url}")
-        console.rule("[bold]3/5 search: Sentinel-1 by orbit, Sentinel-2, DEM")
+        console.rule(f"[bold]3/{stages} search: Sentinel-1 by orbit, Sentinel-2, DEM")
         recipe = scene_recipe(scene, url=server.url, name="demo")
         selection = select_scenes(recipe)
         rows = selection.rows()
         _print_items(rows, f"{len(rows)} scenes around the {config.event_date} event")
-    console.rule("[bold]4/5 build the cube on one 10 m grid and store it as Zarr")
+    console.rule(f"[bold]4/{stages} build the cube on one 10 m grid and store it as Zarr")
     start = time.perf_counter()
     cube_path = str(out / "cube.zarr")
     _build_selection(recipe, selection, cube_path, overwrite=overwrite)
     console.print(f"cube stage: {time.perf_counter() - start:.1f} s", soft_wrap=True)
-    console.rule("[bold]5/5 features: the 9-channel stack and the NDVI target")
+    console.rule(f"[bold]5/{stages} features: the 9-channel stack and the NDVI target")
     start = time.perf_counter()
     features_path = str(out / "features.zarr")
     _features(cube_path, features_path, overwrite=overwrite)
     console.print(f"feature stage: {time.perf_counter() - start:.1f} s", soft_wrap=True)
-    console.print(
-        f"[green]done[/]: scene in {scene.path} (truth layers in {scene.path / 'truth'}); "
-        f"cube in {cube_path}; features in {features_path}",
-        soft_wrap=True,
-    )
+    done = [
+        f"scene in {scene.path} (truth layers in {scene.path / 'truth'})",
+        f"cube in {cube_path}",
+        f"features in {features_path}",
+    ]
+    if stop_after != "features":
+        model = out / "model"
+        console.rule(f"[bold]6/{stages} train the U-net (spatially disjoint blocks)")
+        start = time.perf_counter()
+        if (model / "checkpoint.pt").exists() and not overwrite:
+            console.print(f"{model} holds a trained model already: reused", soft_wrap=True)
+        else:
+            _train(features_path, str(model), epochs=epochs, overwrite=True)
+        console.print(f"training stage: {time.perf_counter() - start:.1f} s", soft_wrap=True)
+        console.rule(f"[bold]7/{stages} evaluate on the held-out block against baselines")
+        start = time.perf_counter()
+        _evaluate(str(model), features_path, str(out / "report"))
+        console.print(f"evaluation stage: {time.perf_counter() - start:.1f} s", soft_wrap=True)
+        done += [f"model in {model}", f"report in {out / 'report'}"]
+    if stop_after == "predict":
+        console.rule(f"[bold]8/{stages} predict the post-event NDVI cube, chunk by chunk")
+        start = time.perf_counter()
+        ndvi_path = _predict(
+            str(out / "model"),
+            features_path,
+            str(out / "ndvi-post.zarr"),
+            overwrite=overwrite,
+            period="post",
+        )
+        console.print(f"prediction stage: {time.perf_counter() - start:.1f} s", soft_wrap=True)
+        done.append(f"predicted NDVI in {ndvi_path}")
+    console.print(f"[green]done[/]: {'; '.join(done)}", soft_wrap=True)

@@ -26,11 +26,14 @@ import os
 import re
 import warnings
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import affine
+import dask
 import dask.array as da
+import dask.threaded
 import fsspec
 import numcodecs
 import numpy as np
@@ -429,9 +432,27 @@ def _regions(
         yield ".".join(map(str, idx)) if idx else "0", tuple(slices)
 
 
-def _write_region(source: da.Array, target: Any, region: tuple[slice, ...]) -> None:
-    """Compute one region (its chunks in parallel, with the active Dask scheduler) and write it."""
-    da.store(source[region], target, regions=region, lock=False, compute=True)
+def _write_region(sources: list[da.Array], targets: list[Any], region: tuple[slice, ...]) -> None:
+    """Compute one region of sibling variables together (their shared upstream work once,
+    their chunks in parallel, with the active Dask scheduler) and write it.
+
+    With Dask's local threads, the region runs in a pool of its own that is drained before
+    an error propagates: a failing chunk never leaves sibling chunks still being written
+    behind the caller's back.
+    """
+    stored = da.store(
+        [s[region] for s in sources],
+        targets,
+        regions=[region] * len(sources),
+        lock=False,
+        compute=False,
+    )
+    if dask.base.get_scheduler(collections=sources) is dask.threaded.get:
+        workers = dask.config.get("num_workers", None) or os.cpu_count() or 1
+        with ThreadPoolExecutor(workers) as pool:
+            dask.compute(stored, scheduler="threads", pool=pool)
+    else:
+        dask.compute(stored)
 
 
 @dataclass
@@ -662,13 +683,19 @@ def _write_data(t: _Target, jobs: list[_Job], progress: bool) -> None:
     if t.fs.exists(done_root):
         prefix = done_root + "/"
         done = {p[len(prefix) :] for p in t.fs.find(done_root) if p.startswith(prefix)}
-    work = []
-    total = 0
+    # Siblings: variables of one group with the same shape, chunks and region grid (e.g. a
+    # prediction and its uncertainty) are computed region by region together.
+    siblings: dict[tuple[Any, ...], list[_Job]] = {}
     for j in jobs:
-        for key, region in _regions(j.source.chunks, j.step):
-            total += 1
-            if f"{j.key}/{key}" not in done:
-                work.append((j, key, region))
+        siblings.setdefault((j.group, j.source.shape, j.source.chunks, tuple(j.step)), []).append(j)
+    work: list[tuple[list[_Job], str, tuple[slice, ...]]] = []
+    total = 0
+    for sibs in siblings.values():
+        for key, region in _regions(sibs[0].source.chunks, sibs[0].step):
+            total += len(sibs)
+            todo = [j for j in sibs if f"{j.key}/{key}" not in done]
+            if todo:
+                work.append((todo, key, region))
     if not work:
         return
     zstore = t.zarr_store()
@@ -676,31 +703,34 @@ def _write_data(t: _Target, jobs: list[_Job], progress: bool) -> None:
     arrays: dict[str, Any] = {}
     bar = tqdm(
         total=total,
-        initial=total - len(work),
+        initial=total - sum(len(todo) for todo, _, _ in work),
         disable=not progress,
         desc=f"writing {t.url}",
         unit="region",
     )
     try:
-        for j, key, region in work:
-            if j.key not in arrays:
-                arr = root[j.key]
-                if tuple(arr.shape) != j.source.shape or arr.dtype != j.source.dtype:
-                    raise StoreError(
-                        f"{t.url}: /{j.key} on disk is {arr.dtype}{tuple(arr.shape)} but the "
-                        f"cube's is {j.source.dtype}{j.source.shape}; pass overwrite=True"
-                    )
-                arrays[j.key] = arr
-                t.fs.makedirs(t.join(_STATE_DIR, _DONE, j.key), exist_ok=True)
+        for todo, key, region in work:
+            for j in todo:
+                if j.key not in arrays:
+                    arr = root[j.key]
+                    if tuple(arr.shape) != j.source.shape or arr.dtype != j.source.dtype:
+                        raise StoreError(
+                            f"{t.url}: /{j.key} on disk is {arr.dtype}{tuple(arr.shape)} but "
+                            f"the cube's is {j.source.dtype}{j.source.shape}; pass overwrite=True"
+                        )
+                    arrays[j.key] = arr
+                    t.fs.makedirs(t.join(_STATE_DIR, _DONE, j.key), exist_ok=True)
             try:
-                _write_region(j.source, arrays[j.key], region)
+                _write_region([j.source for j in todo], [arrays[j.key] for j in todo], region)
             except Exception as exc:
+                names = ", ".join(f"/{j.key}" for j in todo)
                 raise StoreError(
-                    f"{t.url}: writing /{j.key} stopped at region {key} ({exc}); the store is "
+                    f"{t.url}: writing {names} stopped at region {key} ({exc}); the store is "
                     "incomplete: re-run the same write to finish it"
                 ) from exc
-            t.fs.pipe_file(t.join(_STATE_DIR, _DONE, j.key, key), b"")
-            bar.update(1)
+            for j in todo:
+                t.fs.pipe_file(t.join(_STATE_DIR, _DONE, j.key, key), b"")
+            bar.update(len(todo))
     finally:
         bar.close()
 

@@ -37,3 +37,32 @@ def test_features_memory_quick_run_reports(tmp_path):
 
     tree = store.open(tmp_path / "features-512.zarr")
     assert tree["/pre"]["features"].sizes["band"] == 9
+
+
+def test_predict_quick_run_reports_overhead_and_memory(tmp_path):
+    bench = _load("predict")
+    assert bench.main(["--quick", "--workdir", str(tmp_path)]) == 0
+    record = json.loads((tmp_path / "predict.json").read_text())
+    over = record["overhead"]
+    # the patch count it compares with is what the chunked prediction runs
+    assert over["patches"] >= over["patches_one_pass"] > 0
+    assert over["ratio"] > 0
+    assert set(record["memory"]) == {"chunked", "whole-scene"}
+    # both approaches wrote the same prediction
+    import zarr
+
+    chunked = zarr.open_group(tmp_path / "ndvi-128.zarr", mode="r")["ndvi"][:]
+    whole = zarr.open_array(tmp_path / "ndvi-whole-128.zarr", mode="r")[:]
+    import numpy as np
+
+    np.testing.assert_allclose(chunked, whole, atol=1e-5)
+
+
+def test_patch_loader_quick_run_reports_rates(tmp_path):
+    bench = _load("patch_loader")
+    assert bench.main(["--quick", "--out", str(tmp_path), "--workdir", str(tmp_path)]) == 0
+    record = json.loads((tmp_path / "patch_loader.json").read_text())
+    rates = record["median_rates"]
+    assert all(v > 0 for v in rates.values())
+    assert record["ratio_vs_xbatcher"] > 0
+    assert record["ratio_vs_training"] > 0

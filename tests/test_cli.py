@@ -88,7 +88,7 @@ def test_search_prints_the_served_items(stac_api, scene):
 
 def test_demo_end_to_end(tmp_path):
     result = CliRunner(env={"COLUMNS": "240"}).invoke(
-        main, ["demo", "--out", str(tmp_path / "demo"), "--size", "96"]
+        main, ["demo", "--out", str(tmp_path / "demo"), "--size", "96", "--stop-after", "features"]
     )
     assert result.exit_code == 0, result.output
     assert "S1 pre ascending" in result.output
@@ -100,7 +100,7 @@ def test_demo_end_to_end(tmp_path):
     assert store.is_complete(tmp_path / "demo" / "cube.zarr")
     # a second run reuses the scene
     again = CliRunner(env={"COLUMNS": "240"}).invoke(
-        main, ["demo", "--out", str(tmp_path / "demo"), "--size", "96"]
+        main, ["demo", "--out", str(tmp_path / "demo"), "--size", "96", "--stop-after", "features"]
     )
     assert again.exit_code == 0, again.output
 

@@ -548,9 +548,9 @@ def test_regions_are_bounded(tmp_path, monkeypatch):
     sizes = []
     real = store._write_region
 
-    def spy(source, target, region):
-        sizes.append(source[region].nbytes)
-        real(source, target, region)
+    def spy(sources, targets, region):
+        sizes.append(sum(s[region].nbytes for s in sources))
+        real(sources, targets, region)
 
     monkeypatch.setattr(store, "_write_region", spy)
     budget = 64 * 1024  # 16 chunks

@@ -1,0 +1,283 @@
+"""Predicted NDVI as a georeferenced Zarr cube, with its provenance and a STAC item.
+
+`write_prediction(model, features, out)` stores, on the features' grid:
+
+- ``ndvi`` (y, x) float32: the U-net's NDVI (`sar2ndvi.predict`);
+- ``uncertainty`` (y, x) float32, when asked: the spread across test-time flips and/or
+  Monte-Carlo dropout samples;
+- the layover / shadow quality layers of the feature store (where the paper finds the
+  residual errors);
+
+NDVI (and uncertainty) are NaN where the radar had no data (the features' ``gaps``).
+The cube is written chunk by chunk with `sar2ndvi.store.write` (resumable, GDAL-readable
+as ``ZARR:"ndvi.zarr":/ndvi``), its root attributes naming the checkpoint (absolute path
+and weights digest), the feature recipe and the input store; and ``item.json``, a STAC
+item (projection, xarray-assets and processing extensions) describing the output so that
+catalogues and other tools find it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+import sar2ndvi
+from sar2ndvi import store
+from sar2ndvi.checkpoint import Checkpoint, load_checkpoint, resolve, weights_digest
+from sar2ndvi.errors import InputError
+from sar2ndvi.predict import ModelRunner, predict_layers
+
+__all__ = ["ITEM_FILE", "prediction_dataset", "stac_item", "write_prediction"]
+
+#: The STAC item written inside the output store's folder.
+ITEM_FILE = "item.json"
+PROJECTION = "https://stac-extensions.github.io/projection/v2.0.0/schema.json"
+XARRAY_ASSETS = "https://stac-extensions.github.io/xarray-assets/v1.0.0/schema.json"
+PROCESSING = "https://stac-extensions.github.io/processing/v1.2.0/schema.json"
+
+
+def _provenance(
+    model: str | os.PathLike | Checkpoint,
+    checkpoint: Checkpoint,
+    features: str,
+    tree: Any,
+    period: str,
+    options: dict[str, Any],
+) -> dict[str, Any]:
+    return {
+        "title": "sar2ndvi predicted NDVI",
+        "sar2ndvi:model": {
+            "checkpoint": None if isinstance(model, Checkpoint) else str(resolve(model).resolve()),
+            "weights_sha256": weights_digest(checkpoint.state_dict),
+            "config": checkpoint.config.to_dict(),
+            "patch": checkpoint.metadata.get("patch"),
+            "trained_on": checkpoint.metadata.get("feature_store"),
+        },
+        "sar2ndvi:feature_spec": tree.attrs.get("sar2ndvi:feature_spec"),
+        "sar2ndvi:features": {
+            "store": features,
+            "fingerprint": tree.attrs.get(store.FINGERPRINT_ATTR),
+            "period": period,
+        },
+        "sar2ndvi:cube": tree.attrs.get("sar2ndvi:cube"),
+        "sar2ndvi:prediction": options,
+    }
+
+
+def prediction_dataset(
+    model: str | os.PathLike | Checkpoint,
+    features: str | os.PathLike,
+    *,
+    period: str = "pre",
+    batch_size: int = 16,
+    device: str = "cpu",
+    tta: bool = False,
+    mc_samples: int = 0,
+    uncertainty: bool = False,
+    chunks: int | tuple[int, int] | None = None,
+) -> xr.Dataset:
+    """The lazy output dataset of `write_prediction` (nothing computed)."""
+    features = _absolute(os.fspath(features))
+    tree = store.open(features)
+    if f"{period}" not in tree.children:
+        raise InputError(f"{features}: the feature store has no /{period} group")
+    checkpoint = model if isinstance(model, Checkpoint) else load_checkpoint(model)
+    if uncertainty and not (tta or mc_samples):
+        raise InputError(
+            "an uncertainty layer needs several predictions per pixel: pass tta=True "
+            "(--tta) and/or mc_samples > 0 (--mc-samples)"
+        )
+    runner = ModelRunner.from_checkpoint(
+        model if not isinstance(model, Checkpoint) else checkpoint,
+        batch_size=batch_size,
+        device=device,
+        tta=tta,
+        mc_samples=mc_samples,
+        uncertainty=uncertainty,
+    )
+    group = tree[f"/{period}"].to_dataset()
+    layers = predict_layers(runner, group, chunks=chunks)
+    if "gaps" in group:
+        # no prediction where the radar saw nothing (shadow, swath edges): the network's
+        # output there comes from zero-filled inputs
+        gaps = group["gaps"].chunk(dict(zip(("y", "x"), layers.chunks[1:], strict=True)))
+        layers = layers.where(gaps == 0)
+    out = xr.Dataset(
+        {
+            "ndvi": layers.sel(layer="ndvi", drop=True).assign_attrs(
+                long_name="NDVI predicted from Sentinel-1 (U-net)",
+                units="1",
+                valid_min=-1.0,
+                valid_max=1.0,
+            )
+        }
+    )
+    if uncertainty:
+        out["uncertainty"] = layers.sel(layer="uncertainty", drop=True).assign_attrs(
+            long_name="standard deviation of the NDVI across "
+            + " and ".join(
+                s for s, on in (("test-time flips", tta), ("MC-dropout samples", mc_samples)) if on
+            ),
+            units="1",
+        )
+    if "quality" in tree.children:
+        quality = tree["/quality"].to_dataset()
+        for name, layer in quality.data_vars.items():
+            out[name] = layer.chunk(dict(zip(("y", "x"), out["ndvi"].chunks, strict=True)))
+    if "spatial_ref" in group.coords:
+        out = out.assign_coords(spatial_ref=group["spatial_ref"])
+        for name in out.data_vars:
+            out[name].attrs["grid_mapping"] = "spatial_ref"
+    options = {
+        "period": period,
+        "tta": tta,
+        "mc_samples": mc_samples,
+        "uncertainty": uncertainty,
+        "batch_size": batch_size,
+    }
+    out.attrs.update(_provenance(model, checkpoint, features, tree, period, options))
+    return out
+
+
+def write_prediction(
+    model: str | os.PathLike | Checkpoint,
+    features: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+    item: bool = True,
+    **options: Any,
+) -> str:
+    """Predict NDVI for a whole feature store and write it as a Zarr cube (see the module
+    doc), chunk by chunk in flat memory; return the store's path.
+
+    `options` are those of `prediction_dataset` (period, batch_size, device, tta,
+    mc_samples, uncertainty, chunks).
+    """
+    ds = prediction_dataset(model, features, **options)
+    url = store.write(ds, _absolute(os.fspath(out)), overwrite=overwrite, progress=progress)
+    if item:
+        write_item(url, ds)
+    return url
+
+
+def same_prediction(
+    out: str | os.PathLike,
+    model: str | os.PathLike | Checkpoint,
+    features: str | os.PathLike,
+    **options: Any,
+) -> bool:
+    """Whether the complete store `out` was written by this model (same weights) from this
+    feature store with these options: then it can be reused as it is."""
+    attrs = store.open(out).attrs
+    checkpoint = model if isinstance(model, Checkpoint) else load_checkpoint(model)
+    recorded = attrs.get("sar2ndvi:prediction") or {}
+    wanted = {k: v for k, v in options.items() if k in recorded}
+    return (
+        (attrs.get("sar2ndvi:model") or {}).get("weights_sha256")
+        == weights_digest(checkpoint.state_dict)
+        and (attrs.get("sar2ndvi:features") or {}).get("store") == _absolute(os.fspath(features))
+        and all(recorded[k] == v for k, v in wanted.items())
+    )
+
+
+def _absolute(path: str) -> str:
+    """Local paths made absolute (they are recorded, and resolved from elsewhere); URLs as
+    they are."""
+    return path if "://" in path else os.path.abspath(path)
+
+
+def _time_range(ds: xr.Dataset) -> tuple[datetime | None, datetime | None]:
+    cube = ds.attrs.get("sar2ndvi:cube") or {}
+    event = (cube.get("sar2ndvi:recipe") or {}).get("event") or {}
+    period = (ds.attrs.get("sar2ndvi:features") or {}).get("period", "pre")
+    window = event.get(period)
+    if not window:
+        return None, None
+
+    def parse(text: str) -> datetime:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+    return parse(window[0]), parse(window[1])
+
+
+def stac_item(url: str, ds: xr.Dataset) -> dict[str, Any]:
+    """A STAC item (as a dict) describing the prediction store at `url`."""
+    import pystac
+    from pyproj import Transformer
+    from shapely.geometry import box, mapping
+
+    crs = ds.rio.crs
+    if crs is None:
+        raise InputError("the prediction has no CRS; cannot describe it in STAC")
+    transform = ds.rio.transform()
+    height, width = ds.sizes["y"], ds.sizes["x"]
+    left, bottom, right, top = ds.rio.bounds()
+    to_wgs84 = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+    lon, lat = to_wgs84.transform(
+        np.array([left, right, right, left]), np.array([bottom, bottom, top, top])
+    )
+    bbox = [float(min(lon)), float(min(lat)), float(max(lon)), float(max(lat))]
+    start, end = _time_range(ds)
+    digest = ds.attrs["sar2ndvi:model"]["weights_sha256"]
+    if start is None:
+        # no acquisition window recorded (a store not made from a recipe): the item's time
+        # is when the prediction was made, and says so
+        when: dict[str, Any] = {
+            "datetime": datetime.now(UTC),
+            "properties": {"sar2ndvi:datetime": "processing time"},
+        }
+    else:
+        when = {"datetime": None, "start_datetime": start, "end_datetime": end, "properties": {}}
+    item = pystac.Item(
+        id=f"sar2ndvi-ndvi-{os.path.basename(url.rstrip('/')).removesuffix('.zarr')}",
+        geometry=mapping(box(*bbox)),
+        bbox=bbox,
+        stac_extensions=[PROJECTION, XARRAY_ASSETS, PROCESSING],
+        **when,
+    )
+    epsg = crs.to_epsg()
+    item.properties.update(
+        {
+            **({"proj:code": f"EPSG:{epsg}"} if epsg else {"proj:wkt2": crs.to_wkt()}),
+            "proj:shape": [int(height), int(width)],
+            "proj:transform": list(transform)[:6],
+            "processing:software": {"sar2ndvi": sar2ndvi.__version__},
+            "processing:lineage": (
+                f"U-net (weights sha256 {digest[:16]}...) on the feature store "
+                f"{ds.attrs['sar2ndvi:features']['store']}"
+            ),
+        }
+    )
+    variables = [str(v) for v in ds.data_vars]
+    item.add_asset(
+        "ndvi",
+        pystac.Asset(
+            href=url,
+            media_type="application/vnd+zarr",
+            roles=["data"],
+            title="Predicted NDVI (Zarr v2, consolidated)",
+            extra_fields={
+                "xarray:open_kwargs": {"engine": "zarr", "consolidated": True, "chunks": {}},
+                "sar2ndvi:variables": variables,
+            },
+        ),
+    )
+    return item.to_dict(include_self_link=False)
+
+
+def write_item(url: str, ds: xr.Dataset) -> str:
+    """Write `stac_item` into the store's folder as ``item.json``; return its path."""
+    import fsspec
+
+    item = stac_item(url, ds)
+    path = url.rstrip("/") + "/" + ITEM_FILE
+    with fsspec.open(path, "w") as f:
+        json.dump(item, f, indent=1)
+    return path
