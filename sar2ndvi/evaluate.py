@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import dask
 import numpy as np
 import xarray as xr
 from scipy import ndimage
@@ -263,7 +264,8 @@ def evaluate(
         truth = group["target"].isel(box)
         valid = (group["gaps"].isel(box) == 0) & truth.notnull()
         feats = group["features"].sel(band=bands).isel(box)
-        truth, valid, feats, pred = (a.compute() for a in (truth, valid, feats, ndvi.isel(box)))
+        # one compute: the target is read once for the truth and its validity
+        truth, valid, feats, pred = dask.compute(truth, valid, feats, ndvi.isel(box))
         mask = valid.values & area.covered & np.isfinite(feats.values).all(axis=0)
         parts[UNET].append(metrics.score(pred.values, truth.values, mask))
         if fitted:
