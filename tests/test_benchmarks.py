@@ -47,7 +47,7 @@ def test_predict_quick_run_reports_overhead_and_memory(tmp_path):
     # the patch count it compares with is what the chunked prediction runs
     assert over["patches"] >= over["patches_one_pass"] > 0
     assert over["ratio"] > 0
-    assert set(record["memory"]) == {"chunked", "whole-scene"}
+    assert {"chunked", "whole-scene"} <= set(record["memory"])
     # both approaches wrote the same prediction
     import zarr
 
