@@ -30,7 +30,7 @@ from sar2ndvi import metrics, store
 from sar2ndvi.checkpoint import Checkpoint, load_checkpoint, resolve
 from sar2ndvi.errors import InputError
 from sar2ndvi.patches import PatchDataset, PatchSpec, select_patches
-from sar2ndvi.predict import predict
+from sar2ndvi.predict import ModelRunner, predict
 from sar2ndvi.split import Split, load_split, make_split
 from sar2ndvi.train import SPLIT_FILE
 
@@ -167,13 +167,6 @@ def _fit_baselines(x: np.ndarray, y: np.ndarray, seed: int) -> dict[str, Any]:
     return {"linear": LinearRegression().fit(x, y), "random forest": forest.fit(x, y)}
 
 
-def _normalised(features: np.ndarray, checkpoint: Checkpoint) -> np.ndarray:
-    norm = checkpoint.metadata["normalisation"]
-    center = np.asarray(norm["center"], dtype=np.float32)[:, None, None]
-    scale = np.asarray(norm["scale"], dtype=np.float32)[:, None, None]
-    return np.nan_to_num((features - center) / scale, nan=0.0)
-
-
 def _pooled(parts: Sequence[Mapping[str, float]]) -> dict[str, float]:
     """Scores of several areas pooled over their pixels: RMSE and PSNR from the pooled
     squared error, MAE weighted by pixel count, SSIM weighted by pixel count over the areas
@@ -244,6 +237,7 @@ def evaluate(
         )
     bands = list(meta["normalisation"]["band"])
     ndvi = predict(checkpoint, group, batch_size=batch_size, device=device, tta=tta)
+    runner = ModelRunner.from_checkpoint(checkpoint)
 
     fitted: dict[str, Any] = {}
     if baselines:
@@ -269,7 +263,8 @@ def evaluate(
         mask = valid.values & area.covered & np.isfinite(feats.values).all(axis=0)
         parts[UNET].append(metrics.score(pred.values, truth.values, mask))
         if fitted:
-            table = _normalised(feats.values, checkpoint).reshape(len(bands), -1).T
+            # the baselines see exactly the inputs the U-net sees
+            table = runner.normalise(feats.values).reshape(len(bands), -1).T
             for name, regressor in fitted.items():
                 guess = regressor.predict(table).reshape(mask.shape).astype(np.float32)
                 parts[name].append(metrics.score(np.clip(guess, -1, 1), truth.values, mask))

@@ -157,8 +157,10 @@ class ModelRunner:
         state.pop("_model", None)
         return state
 
-    def _normalise(self, x: np.ndarray) -> np.ndarray:
-        out = (x - self.center[None, :, None, None]) / self.scale[None, :, None, None]
+    def normalise(self, x: np.ndarray) -> np.ndarray:
+        """(..., C, H, W) physical features -> the model's inputs: centred and scaled as in
+        training, float32, no data (NaN, inf) -> 0."""
+        out = (x - self.center[:, None, None]) / self.scale[:, None, None]
         return np.nan_to_num(out.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
 
     def _forward(self, net: nn.Module, x: np.ndarray) -> np.ndarray:
@@ -177,7 +179,7 @@ class ModelRunner:
             x = patches
             if op != AugmentOps():
                 x = np.stack([flips.apply({"x": p}, op, self.bands)["x"] for p in patches])
-            x = self._normalise(x)
+            x = self.normalise(x)
             for _ in range(samples):
                 y = self._forward(net, x)
                 # undo the flip on the output (flips are their own inverse)
