@@ -135,8 +135,9 @@ def _split_for(model: str | os.PathLike | Checkpoint, checkpoint: Checkpoint) ->
     )
 
 
-def _pixel_table(dataset: PatchDataset, budget: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Up to `budget` valid training pixels: (n, C) normalised features and (n,) NDVI."""
+def pixel_sample(dataset: PatchDataset, budget: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Up to `budget` valid pixels of a dataset's patches, spread over the patches: (n, C)
+    normalised features and (n,) targets (NDVI, or landslide labels)."""
     rng = np.random.default_rng(seed)
     per_patch = max(1, -(-budget // max(len(dataset), 1)))
     xs, ys = [], []
@@ -247,7 +248,7 @@ def evaluate(
             features, period, split.patches("train"), spec, min_valid=cfg.get("min_valid", 0.5)
         )
         train_set = PatchDataset(features, origins, spec, group=period)
-        x, y = _pixel_table(train_set, baseline_pixels, seed)
+        x, y = pixel_sample(train_set, baseline_pixels, seed)
         fitted = {k: v for k, v in _fit_baselines(x, y, seed).items() if k in baselines}
 
     parts: dict[str, list[dict[str, float]]] = {UNET: [], **{k: [] for k in fitted}}

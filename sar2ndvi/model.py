@@ -28,10 +28,12 @@ from torch import Tensor, nn
 
 from sar2ndvi.errors import InputError
 
-__all__ = ["MAX_DEPTH", "UNet", "UNetConfig", "count_parameters"]
+__all__ = ["MAX_DEPTH", "OUTPUTS", "UNet", "UNetConfig", "count_parameters"]
 
 #: Deepest supported encoder: 2**6 = 64 px is already larger than the receptive field needs.
 MAX_DEPTH = 6
+#: The head activations: NDVI regression ("tanh") and landslide segmentation ("sigmoid").
+OUTPUTS = ("tanh", "sigmoid")
 
 
 def _is_int(value: Any) -> bool:
@@ -52,6 +54,8 @@ class UNetConfig:
             bottleneck and the decoder blocks, in [0, 1).
         batch_norm: batch normalisation after every 3x3 convolution (convolutions then
             have no bias, which the norm's shift would make redundant).
+        output: the head's activation: "tanh" (regression of NDVI in [-1, 1]) or
+            "sigmoid" (the segmentation twin: landslide probability in [0, 1]).
     """
 
     in_channels: int = 9
@@ -60,6 +64,7 @@ class UNetConfig:
     depth: int = 3
     dropout: float = 0.1
     batch_norm: bool = True
+    output: str = "tanh"
 
     def __post_init__(self) -> None:
         for name in ("in_channels", "out_channels", "width"):
@@ -92,6 +97,10 @@ class UNetConfig:
         if not isinstance(self.batch_norm, bool):
             raise InputError(
                 f"UNetConfig.batch_norm must be true or false, got {self.batch_norm!r}"
+            )
+        if self.output not in OUTPUTS:
+            raise InputError(
+                f"UNetConfig.output must be one of {list(OUTPUTS)}, got {self.output!r}"
             )
         # store the probability as a float whatever number was given, so that to_dict()
         # and equality do not depend on whether 0 or 0.0 was written
@@ -223,18 +232,26 @@ class UNet(nn.Module):
             )
 
     def forward(self, x: Tensor) -> Tensor:
-        """NDVI for a batch of feature patches.
+        """NDVI (or, with ``output="sigmoid"``, landslide probability) for a batch of
+        feature patches.
 
         Args:
             x: ``(B, in_channels, H, W)`` float tensor, H and W multiples of
                 ``config.multiple``.
 
         Returns:
-            ``(B, out_channels, H, W)`` tensor of NDVI in [-1, 1].
+            ``(B, out_channels, H, W)`` tensor of NDVI in [-1, 1] (probability in [0, 1]).
 
         Raises:
             InputError: wrong number of dimensions or channels, or H/W not a multiple.
         """
+        logits = self.logits(x)
+        # tanh bounds the prediction to NDVI's own range [-1, 1] (see docs/model.md)
+        return torch.tanh(logits) if self.config.output == "tanh" else torch.sigmoid(logits)
+
+    def logits(self, x: Tensor) -> Tensor:
+        """The head's output before its activation, ``(B, out_channels, H, W)``: what a
+        numerically stable loss (``binary_cross_entropy_with_logits``) takes."""
         self._check_input(x)
         skips: list[Tensor] = []
         for encoder in self.encoders:
@@ -244,8 +261,7 @@ class UNet(nn.Module):
         x = self.bottleneck(x)
         for up, decoder, skip in zip(self.ups, self.decoders, reversed(skips), strict=True):
             x = decoder(torch.cat([up(x), skip], dim=1))
-        # tanh bounds the prediction to NDVI's own range [-1, 1] (see docs/model.md)
-        return torch.tanh(self.head(x))
+        return self.head(x)
 
 
 def _round_up(n: int, m: int) -> int:

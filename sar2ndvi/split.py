@@ -122,6 +122,23 @@ class Split:
         inside = count == (by1 - by0 + 1) * (bx1 - bx0 + 1)
         return origins[inside]
 
+    def relattice(self, spec: PatchSpec, buffer: int | None = None) -> Split:
+        """The same blocks and roles over another patch lattice (e.g. the landslide
+        U-net's smaller patches on the NDVI model's split), with `buffer` px between roles
+        (default: the new patch size).
+
+        Raises:
+            InputError: the blocks are not a multiple of the new stride, or too small.
+        """
+        buffer = spec.size if buffer is None else int(buffer)
+        if self.block % spec.stride or self.block < min_block(spec, buffer):
+            raise InputError(
+                f"the split's {self.block}-px blocks do not fit {spec.size}-px patches with a "
+                f"{spec.stride}-px stride and a {buffer}-px buffer (blocks must be multiples "
+                f"of the stride and at least {min_block(spec, buffer)} px)"
+            )
+        return Split(self.shape, spec, self.fractions, self.block, buffer, self.seed, self.roles)
+
     def area_fractions(self) -> dict[str, float]:
         """The realised fraction of the scene's area in each role's blocks."""
         ey, ex = self.edges()

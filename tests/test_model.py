@@ -188,10 +188,10 @@ def test_config_bounds_are_inclusive_where_documented():
 
 def test_config_dict_round_trip_through_json():
     cfg = UNetConfig(in_channels=4, out_channels=2, width=7, depth=5, dropout=0.25,
-                     batch_norm=False)
+                     batch_norm=False, output="sigmoid")
     data = json.loads(json.dumps(cfg.to_dict()))
     assert data == {"in_channels": 4, "out_channels": 2, "width": 7, "depth": 5,
-                    "dropout": 0.25, "batch_norm": False}
+                    "dropout": 0.25, "batch_norm": False, "output": "sigmoid"}
     assert UNetConfig.from_dict(data) == cfg
     assert UNetConfig.from_dict({"width": 8}) == UNetConfig(width=8)  # missing: defaults
 
@@ -329,3 +329,18 @@ def test_he_init_keeps_activation_scale_without_batch_norm():
             rms = h.square().mean().sqrt().item()
             assert 0.3 < rms < 3.0
             h = model.pool(h)
+
+
+def test_output_head_activations_share_the_logits():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 16, 16)
+    seg = UNet(in_channels=3, width=4, depth=2, output="sigmoid").eval()
+    reg = UNet(in_channels=3, width=4, depth=2).eval()
+    reg.load_state_dict(seg.state_dict())
+    with torch.no_grad():
+        logits = seg.logits(x)
+        assert torch.allclose(seg(x), torch.sigmoid(logits))
+        assert torch.allclose(reg(x), torch.tanh(logits))
+        assert float(seg(x).min()) >= 0.0
+    with pytest.raises(InputError, match="output must be one of"):
+        UNetConfig(output="softmax")
