@@ -12,6 +12,7 @@ on the client as well, so every source gives the same selection.
 from __future__ import annotations
 
 import operator
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -23,7 +24,10 @@ import pystac_client
 from pystac_client.conformance import ConformanceClasses
 from pystac_client.exceptions import APIError
 from pystac_client.stac_api_io import StacApiIO
+from requests.exceptions import ChunkedEncodingError
+from requests.exceptions import ConnectionError as RequestsConnectionError
 from shapely.geometry import box, shape
+from urllib3.exceptions import ReadTimeoutError
 from urllib3.util.retry import Retry
 
 from sar2ndvi.errors import InputError, Sar2ndviError
@@ -201,15 +205,21 @@ class RetryPolicy:
             Retry-After header asks.
         timeout: (connect, read) seconds per request.
         statuses: HTTP statuses worth retrying.
+        max_wait: seconds; the longest a Retry-After header may make one retry wait (a
+            server asking for an hour must not hang a search for an hour).
+
+    A response cut mid-way (or stalling mid-body) is retried too, with the same backoff:
+    urllib3 retries only what fails before the body arrives.
     """
 
     retries: int = 4
     backoff: float = 0.5
     timeout: tuple[float, float] = (5.0, 60.0)
     statuses: tuple[int, ...] = (429, 500, 502, 503, 504)
+    max_wait: float = 60.0
 
     def stac_io(self, headers: Mapping[str, str] | None = None) -> StacApiIO:
-        retry = Retry(
+        retry = _Retry(
             total=self.retries,
             connect=self.retries,
             read=self.retries,
@@ -220,7 +230,53 @@ class RetryPolicy:
             respect_retry_after_header=True,
             raise_on_status=False,
         )
-        return StacApiIO(headers=dict(headers or {}), timeout=self.timeout, max_retries=retry)
+        retry.max_wait = self.max_wait
+        return _RetryingIO(
+            self, headers=dict(headers or {}), timeout=self.timeout, max_retries=retry
+        )
+
+
+class _Retry(Retry):
+    """urllib3's Retry, with Retry-After waits capped at `max_wait` seconds."""
+
+    max_wait: float = 60.0
+
+    def new(self, **kw: Any) -> _Retry:
+        out = super().new(**kw)
+        out.max_wait = self.max_wait
+        return out
+
+    def get_retry_after(self, response: Any) -> float | None:
+        after = super().get_retry_after(response)
+        return None if after is None else min(after, self.max_wait)
+
+
+def _broken_body(err: APIError) -> bool:
+    """Whether a request failed while its body was arriving (cut mid-way, or stalled)."""
+    cause = err.__context__
+    if isinstance(cause, ChunkedEncodingError):
+        return True
+    return isinstance(cause, RequestsConnectionError) and any(
+        isinstance(a, ReadTimeoutError) for a in cause.args
+    )
+
+
+class _RetryingIO(StacApiIO):
+    """StacApiIO that also retries a response broken off mid-body, with backoff."""
+
+    def __init__(self, policy: RetryPolicy, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.policy = policy
+
+    def request(self, href: str, *args: Any, **kwargs: Any) -> str:
+        for attempt in range(self.policy.retries + 1):
+            try:
+                return super().request(href, *args, **kwargs)
+            except APIError as err:
+                if attempt == self.policy.retries or not _broken_body(err):
+                    raise
+                time.sleep(self.policy.backoff * 2**attempt)
+        raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _signer(sign: str | None) -> Callable[[Any], None] | None:
@@ -253,12 +309,30 @@ def open_client(
     except InputError:
         raise
     except Exception as err:  # requests' ConnectionError, APIError, bad JSON, ...
-        raise SearchError(f"cannot open the STAC API at {api_url}: {_short(err)}") from err
+        raise SearchError(f"cannot open the STAC API at {api_url}: {_why(err, retry)}") from err
 
 
 def _short(err: BaseException, limit: int = 300) -> str:
     text = f"{type(err).__name__}: {err}"
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _why(err: BaseException, policy: RetryPolicy | None) -> str:
+    """What went wrong with a STAC API request, from the root of an exception chain
+    (pystac wraps a failed request in "does not resolve to a STAC object")."""
+    tries = f" (after {policy.retries} retries)" if policy and policy.retries else ""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, APIError) and getattr(seen, "status_code", None):
+            return f"HTTP {seen.status_code}{tries}: {str(seen)[:200] or 'no message'}"
+        if isinstance(seen, ReadTimeoutError):
+            return f"no answer within the read timeout{tries}: {_short(seen)}"
+        if isinstance(seen, ChunkedEncodingError):
+            return f"the response was cut off mid-way{tries}: {_short(seen)}"
+        if isinstance(seen, ValueError) and "Expecting value" in str(seen):
+            return f"the answer is not JSON ({_short(seen)}); is this a STAC API?"
+        seen = seen.__cause__ or seen.__context__
+    return f"{_short(err)}{tries}"
 
 
 def search(
@@ -292,6 +366,7 @@ def search(
         The matching items, ordered by (collection, datetime, id).
     """
     check_query(query)
+    retry = retry or RetryPolicy()
     client = client or open_client(api_url, sign=sign, retry=retry)
     send_query = query if query and client.conforms_to(ConformanceClasses.QUERY) else None
     try:
@@ -304,10 +379,11 @@ def search(
             limit=page_size,
         )
         items = list(found.items())
-    except APIError as err:
-        raise SearchError(f"the STAC API at {api_url} refused the search: {_short(err)}") from err
     except Exception as err:
-        raise SearchError(f"searching the STAC API at {api_url} failed: {_short(err)}") from err
+        # nothing is returned (nor stored) from a search that did not finish
+        raise SearchError(
+            f"searching the STAC API at {api_url} failed: {_why(err, retry)}"
+        ) from err
     return filter_items(items, collections=collections, bbox=bbox, datetime=datetime, query=query)
 
 

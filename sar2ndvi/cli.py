@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
 import signal
 import sys
 import time
@@ -216,6 +218,66 @@ def _workdir_option(f: Any) -> Any:
     )(f)
 
 
+def _storage_options(
+    _ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]
+) -> dict[str, Any]:
+    """--storage-option KEY=VALUE pairs -> fsspec options. A VALUE that parses as JSON (true,
+    5, {"region_name": "eu-west-1"}) is that value, except for credentials (key, secret,
+    token, ...), which stay text; a dotted KEY nests (client_kwargs.region_name=eu-west-1)."""
+    from sar2ndvi.store import scrub_secrets
+
+    options: dict[str, Any] = {}
+    for pair in values:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            # never echo the value: it may be a credential
+            raise click.BadParameter(
+                "give KEY=VALUE, e.g. endpoint_url=http://127.0.0.1:9000",
+                param_hint="--storage-option",
+            )
+        *parents, name = key.strip().split(".")
+        value: Any = raw
+        if scrub_secrets({name: 0}):  # not a credential: JSON values allowed
+            with contextlib.suppress(ValueError):
+                value = json.loads(raw)
+        node = options
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[name] = value
+    return options
+
+
+def _compute_options(f: Any) -> Any:
+    """--scheduler and --storage-option for a heavy command, which then runs inside
+    `sar2ndvi.compute.compute_context` (an active client, the scheduler, or threads) and
+    receives ``storage_options`` (a dict) for its fsspec URLs."""
+
+    @functools.wraps(f)
+    def command(*args: Any, scheduler: str | None, **kwargs: Any) -> Any:
+        from sar2ndvi.compute import compute_context
+
+        with compute_context(scheduler, echo=lambda line: console.print(line, soft_wrap=True)):
+            return f(*args, **kwargs)
+
+    command = click.option(
+        "--storage-option",
+        "storage_options",
+        multiple=True,
+        metavar="KEY=VALUE",
+        callback=_storage_options,
+        help="An fsspec/s3fs option for s3:// (and other) URLs, repeatable, e.g. "
+        "endpoint_url=http://127.0.0.1:9000; never printed nor stored.",
+    )(command)
+    return click.option(
+        "--scheduler",
+        envvar="DASK_SCHEDULER_ADDRESS",
+        default=None,
+        metavar="ADDRESS",
+        help="Compute on this Dask scheduler (tcp://host:8786) "
+        "[default: $DASK_SCHEDULER_ADDRESS, else local threads].",
+    )(command)
+
+
 @main.command()
 @click.argument("recipe", required=False)
 @click.option("--api", "api_url", default=None, help="STAC API URL (without a RECIPE).")
@@ -332,6 +394,7 @@ def _role_counts(selection: Any) -> dict[str, int]:
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing complete store.")
 @_workdir_option
+@_compute_options
 def build(
     recipe: str,
     out: str,
@@ -340,6 +403,7 @@ def build(
     zarr_format: str,
     overwrite: bool,
     workdir: Path | None,
+    storage_options: dict[str, Any],
 ) -> None:
     """Build a recipe's cube (Sentinel-1, Sentinel-2, DEM on one grid) into a Zarr store.
 
@@ -357,6 +421,7 @@ def build(
         zarr_format=int(zarr_format),
         overwrite=overwrite,
         workdir=workdir or Path("out") / loaded.name,
+        storage_options=storage_options,
     )
     console.print(f"[green]done[/] in {time.perf_counter() - start:.1f} s: {out}", soft_wrap=True)
 
@@ -370,12 +435,13 @@ def _build(
     zarr_format: int,
     overwrite: bool,
     workdir: Path,
+    storage_options: dict[str, Any] | None = None,
 ) -> None:
     from sar2ndvi import store
     from sar2ndvi.catalog import select_scenes
     from sar2ndvi.cube import open_source
 
-    if store.is_complete(out) and not overwrite:
+    if store.is_complete(out, storage_options=storage_options) and not overwrite:
         console.print(
             f"{out} is complete already: reused (pass --overwrite to rebuild)", soft_wrap=True
         )
@@ -390,6 +456,7 @@ def _build(
         on_error=on_error,
         zarr_format=zarr_format,
         overwrite=overwrite,
+        storage_options=storage_options,
     )
 
 
@@ -402,12 +469,13 @@ def _build_selection(
     on_error: str = "raise",
     zarr_format: int = 2,
     overwrite: bool = False,
+    storage_options: dict[str, Any] | None = None,
 ) -> None:
     """Build the cube of `selection` and store it at `out` (reused when complete)."""
     from sar2ndvi import store
     from sar2ndvi.cube import build_cube
 
-    if store.is_complete(out) and not overwrite:
+    if store.is_complete(out, storage_options=storage_options) and not overwrite:
         console.print(f"{out} is complete already: reused", soft_wrap=True)
         return
     counts = ", ".join(f"{k} {v}" for k, v in _role_counts(selection).items())
@@ -419,7 +487,14 @@ def _build_selection(
         f"{grid.crs.to_string()}; writing {out}",
         soft_wrap=True,
     )
-    store.write(cube, out, overwrite=overwrite, zarr_format=zarr_format, progress=True)
+    store.write(
+        cube,
+        out,
+        overwrite=overwrite,
+        zarr_format=zarr_format,
+        progress=True,
+        storage_options=storage_options,
+    )
 
 
 @main.command()
@@ -446,8 +521,15 @@ def _build_selection(
     help="The period whose statistics normalise the stack.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing complete store.")
+@_compute_options
 def features(
-    cube: str, out: str, window: int | None, variant_name: str, train_period: str, overwrite: bool
+    cube: str,
+    out: str,
+    window: int | None,
+    variant_name: str,
+    train_period: str,
+    overwrite: bool,
+    storage_options: dict[str, Any],
 ) -> None:
     """Compute the model's feature stack and NDVI target from a cube store."""
     start = time.perf_counter()
@@ -458,6 +540,7 @@ def features(
         variant_name=variant_name,
         train_period=train_period,
         overwrite=overwrite,
+        storage_options=storage_options,
     )
     console.print(f"[green]done[/] in {time.perf_counter() - start:.1f} s: {out}", soft_wrap=True)
 
@@ -607,6 +690,7 @@ def _evaluate(
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N.")
 @click.option("--chunks", type=int, default=1024, show_default=True, help="Output chunk side, px.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing complete store.")
+@_compute_options
 def predict(model: str, features_store: str, out: str, overwrite: bool, **options: Any) -> None:
     """Predict NDVI for a whole feature store, chunk by chunk, into a georeferenced Zarr
     cube (with a STAC item)."""
@@ -619,7 +703,7 @@ def _predict(
     from sar2ndvi import store
     from sar2ndvi.publish import ITEM_FILE, write_prediction
 
-    if store.is_complete(out) and not overwrite:
+    if store.is_complete(out, storage_options=options.get("storage_options")) and not overwrite:
         from sar2ndvi.publish import same_prediction
 
         if not same_prediction(out, model, features_store, **options):
@@ -650,12 +734,14 @@ def _features(
     variant_name: str = "paper9",
     train_period: str = "pre",
     overwrite: bool = False,
+    storage_options: dict[str, Any] | None = None,
 ) -> None:
     from sar2ndvi import store
     from sar2ndvi.features import variant, write_features
 
     spec = variant(variant_name, window)
-    if store.is_complete(out) and not overwrite:
+    so = storage_options
+    if store.is_complete(out, storage_options=so) and not overwrite:
         console.print(f"{out} is complete already: reused", soft_wrap=True)
     else:
         console.print(
@@ -664,20 +750,21 @@ def _features(
             soft_wrap=True,
         )
         write_features(
-            store.open(cube_path),
+            store.open(cube_path, storage_options=so),
             out,
             spec,
             train_period=train_period,
             overwrite=overwrite,
             progress=True,
+            storage_options=so,
         )
-    _print_feature_summary(out)
+    _print_feature_summary(out, storage_options=so)
 
 
-def _print_feature_summary(path: str) -> None:
+def _print_feature_summary(path: str, storage_options: dict[str, Any] | None = None) -> None:
     from sar2ndvi import store
 
-    tree = store.open(path)
+    tree = store.open(path, storage_options=storage_options)
     stats = tree["/normalisation"].to_dataset().compute()
     table = Table(title=f"feature store {path}")
     for col in ("band", "centre", "scale"):
@@ -810,3 +897,14 @@ def demo(out: Path, overwrite: bool, epochs: int, stop_after: str, **scene_optio
         console.print(f"prediction stage: {time.perf_counter() - start:.1f} s", soft_wrap=True)
         done.append(f"predicted NDVI in {ndvi_path}")
     console.print(f"[green]done[/]: {'; '.join(done)}", soft_wrap=True)
+
+
+def _register_landslide_commands() -> None:
+    # the landslide commands live in their own module (cli.py holds the NDVI pipeline)
+    from sar2ndvi.cli_landslides import detect, evaluate_landslides
+
+    main.add_command(detect)
+    main.add_command(evaluate_landslides)
+
+
+_register_landslide_commands()

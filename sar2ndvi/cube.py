@@ -16,14 +16,18 @@ The result is an `xarray.DataTree`:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
 
 import numpy as np
+import pyproj
 import pystac
 import rasterio
 import xarray as xr
@@ -93,20 +97,71 @@ def _canonical(
     return out
 
 
+def _local_path(href: str) -> Path | None:
+    """The local file of an href (a path or a file:// URL), None for remote ones."""
+    if href.startswith("file://"):
+        return Path(url2pathname(urlsplit(href).path))
+    return Path(href) if "://" not in href else None
+
+
+def _check_file(ds: Any, href: str, declared_epsg: Any) -> None:
+    """RasterioIOError when an opened raster cannot give the pixels its item promises:
+    no CRS, another CRS than the item's ``proj:epsg`` (its pixels would land elsewhere on
+    the grid, silently NaN), or a local TIFF shorter than its last data block (a truncated
+    download, whose header still opens)."""
+    if ds.crs is None:
+        raise rasterio.errors.RasterioIOError("the raster has no CRS")
+    if declared_epsg is not None:
+        epsg = ds.crs.to_epsg()
+        same = (
+            epsg == int(declared_epsg)
+            if epsg is not None
+            else pyproj.CRS.from_user_input(ds.crs.to_wkt()).equals(
+                pyproj.CRS.from_epsg(int(declared_epsg)), ignore_axis_order=True
+            )
+        )
+        if not same:
+            raise rasterio.errors.RasterioIOError(
+                f"the file is in {ds.crs.to_string()} but its item declares "
+                f"EPSG:{declared_epsg}; fix the item's proj:* fields or the file"
+            )
+    path = _local_path(href)
+    if path is None or ds.driver != "GTiff":
+        return
+    rows, cols = (math.ceil(n / b) for n, b in zip(ds.shape, ds.block_shapes[0], strict=True))
+    end = 0
+    for band in range(1, ds.count + 1):
+        for i in range(rows):
+            for j in range(cols):
+                offset = ds.get_tag_item(f"BLOCK_OFFSET_{j}_{i}", "TIFF", bidx=band)
+                size = ds.get_tag_item(f"BLOCK_SIZE_{j}_{i}", "TIFF", bidx=band)
+                if offset and size:
+                    end = max(end, int(offset) + int(size))
+    have = path.stat().st_size
+    if have < end:
+        raise rasterio.errors.RasterioIOError(
+            f"the file is truncated: {have} bytes, but its last data block ends at byte "
+            f"{end} (an interrupted download or copy?); fetch it again"
+        )
+
+
 def _check_readable(
     items: list[pystac.Item], names: Sequence[str], on_error: str, report: LoadReport
 ) -> list[pystac.Item]:
-    """Open each asset's header (cheap for COGs) so that a missing or corrupt file is
-    reported with its item and asset, rather than deep inside a Dask compute."""
+    """Open each asset's header (cheap for COGs) so that a missing, truncated,
+    mis-projected or corrupt file is reported with its item and asset, rather than deep
+    inside a Dask compute (or not at all)."""
     kept = []
     for item in items:
         problem = None
         for name in names:
             href = item.assets[name].href
+            declared = item.assets[name].extra_fields.get("proj:epsg") or item.properties.get(
+                "proj:epsg"
+            )
             try:
                 with rasterio.open(href) as ds:
-                    if ds.crs is None:
-                        raise rasterio.errors.RasterioIOError("the raster has no CRS")
+                    _check_file(ds, href, declared)
             except (rasterio.errors.RasterioIOError, OSError) as err:
                 # signed hrefs carry tokens: never put them in a message or a log line
                 problem = (name, scrub_secrets(f"cannot read {href}: {err}"))

@@ -132,6 +132,8 @@ def _impute_block(block: np.ndarray, min_valid: int) -> np.ndarray:
     valid = np.isfinite(block)
     values = np.where(valid, block, 0.0).astype(np.float64)
     out = block.copy()
+    if out.dtype.kind == "f":
+        out[~valid] = np.nan  # +-inf is no data too: left unfilled, it becomes NaN
     footprint = (1,) * (block.ndim - 2)
     kernel = _NEIGHBOURS.reshape((*footprint, 3, 3))
     # cval 0 for values and validity: pixels beyond the block edge (NaN halo) count as invalid
@@ -147,8 +149,10 @@ def impute_isolated(image: xr.DataArray, min_valid_neighbours: int = 5) -> xr.Da
 
     A NaN pixel is filled when at least `min_valid_neighbours` of its 8 neighbours are
     valid (pixels outside the image count as invalid); larger gaps stay NaN (see
-    `gaps`). Works over the last two dims (y, x), lazily, with a 1-pixel halo.
+    `gaps`). NaN and +-inf are no data. Works over the last two dims (y, x), lazily, with
+    a 1-pixel halo.
     """
+    _check_pixels(image, "impute_isolated")
     data = _dask(image)
     depth = {i: (1 if i >= data.ndim - 2 else 0) for i in range(data.ndim)}
     filled = da.map_overlap(
@@ -221,7 +225,18 @@ def orbit_means(s1: xr.Dataset, period: str, min_valid_neighbours: int = 5) -> x
 # --- step 4: terrain encodings and the quality layer -----------------------------------------
 
 
+def _check_pixels(image: xr.DataArray, what: str) -> None:
+    """InputError for an image without pixels (a y or x of length 0)."""
+    if image.ndim < 2 or 0 in image.shape[-2:]:
+        raise InputError(f"{what} needs a (y, x) image with pixels, got shape {image.shape}")
+
+
 def _resolution(image: xr.DataArray) -> float:
+    if image.sizes["x"] < 2:
+        raise InputError(
+            f"the DEM needs at least 2 pixels along x to know its resolution, got "
+            f"{image.sizes['x']}; give a larger DEM (or area)"
+        )
     dx = float(abs(image.x[1] - image.x[0])) if image.sizes["x"] > 1 else 0.0
     dy = float(abs(image.y[1] - image.y[0])) if image.sizes["y"] > 1 else 0.0
     if dx <= 0 or (dy and abs(dx - dy) > 1e-6 * dx):
@@ -256,6 +271,7 @@ def _slope_aspect_block(padded: np.ndarray, resolution: float) -> np.ndarray:
 def slope_aspect(elevation: xr.DataArray) -> xr.Dataset:
     """Horn (1981) slope and aspect (degrees) of a (y, x) DEM, chunk by chunk: each chunk
     with a 1-pixel halo (edges replicated, as Horn's method does at the scene edge)."""
+    _check_pixels(elevation, "slope_aspect")
     data = _dask(elevation)
     padded = da.overlap.overlap(data, depth={0: 1, 1: 1}, boundary="nearest")
     stacked = padded.map_blocks(
@@ -571,7 +587,10 @@ def _band_moments(
 
 
 def normalisation_stats(
-    features: xr.DataArray, mask: xr.DataArray | None = None, clip_sigma: float = 3.0
+    features: xr.DataArray,
+    mask: xr.DataArray | None = None,
+    clip_sigma: float = 3.0,
+    ranges: Mapping[str, tuple[float, float]] | None = None,
 ) -> xr.Dataset:
     """Robust per-channel statistics: mean and standard deviation after clipping.
 
@@ -581,16 +600,18 @@ def normalisation_stats(
     values inside it. One streaming pass, tile by tile: each spatial tile of all bands
     adds to a fixed-range histogram per channel (`CHANNEL_RANGES`, `HISTOGRAM_BINS` bins),
     so no tile is held for a second pass and memory stays flat however large the scene;
-    the binning costs at most half a bin (0.007 dB) of accuracy.
+    the binning costs at most half a bin (0.007 dB) of accuracy. `ranges` adds or
+    overrides histogram ranges of channels (physical units) that `CHANNEL_RANGES` lacks.
     """
     values = features if mask is None else features.where(mask)
     bands = [str(b) for b in values["band"].values]
-    ranges = np.array([CHANNEL_RANGES.get(b, (-1e3, 1e3)) for b in bands], dtype=np.float64)
+    known = {**CHANNEL_RANGES, **dict(ranges or {})}
+    bounds = np.array([known.get(b, (-1e3, 1e3)) for b in bands], dtype=np.float64)
     # whole band extent per tile: the upstream work of a pixel block is done once
     data = _dask(values.transpose("band", "y", "x")).rechunk({0: -1})
     tiles = [
         da.from_delayed(
-            dask.delayed(_tile_histograms)(t, ranges, HISTOGRAM_BINS),
+            dask.delayed(_tile_histograms)(t, bounds, HISTOGRAM_BINS),
             shape=(len(bands), HISTOGRAM_BINS),
             dtype=np.float64,
         )
@@ -599,7 +620,7 @@ def normalisation_stats(
     counts = da.stack(tiles).sum(axis=0)  # a tree reduction: partial sums, nothing held
     moments = counts.map_blocks(
         _band_moments,
-        ranges,
+        bounds,
         HISTOGRAM_BINS,
         clip_sigma,
         chunks=((2,), (len(bands),)),
@@ -739,6 +760,7 @@ def write_features(
     train_period: str = "pre",
     overwrite: bool = False,
     progress: bool = True,
+    storage_options: dict | None = None,
 ) -> str:
     """Compute and store the feature store of `build_features`, in flat memory.
 
@@ -752,12 +774,15 @@ def write_features(
     3. the normalisation statistics from the stored stack, added as ``/normalisation``.
 
     The result has the same groups and values as `store.write(build_features(...))`.
+    `out` is a path or an fsspec URL (``s3://...``); `storage_options` go to fsspec for it
+    and for the stage-1 store.
     """
     from sar2ndvi import store
 
     spec = spec or FeatureSpec()
     out = str(out)
-    if store.is_complete(out) and not overwrite:
+    so = storage_options
+    if store.is_complete(out, storage_options=so) and not overwrite:
         raise store.StoreExistsError(
             f"{out} already holds a complete store; pass "
             "overwrite=True to replace it, or write to another path"
@@ -789,9 +814,9 @@ def write_features(
             ),
         }
     )
-    if not store.is_complete(stage1_path):
-        store.write(stage1, stage1_path, progress=progress)
-    layers = store.open(stage1_path)
+    if not store.is_complete(stage1_path, storage_options=so):
+        store.write(stage1, stage1_path, progress=progress, storage_options=so)
+    layers = store.open(stage1_path, storage_options=so)
     final = xr.DataTree.from_dict(
         {
             **{
@@ -802,13 +827,13 @@ def write_features(
         }
     )
     final.attrs.update(_root_attrs(cube, spec, train_period))
-    store.write(final, out, overwrite=overwrite, progress=progress)
-    stored = store.open(out)
+    store.write(final, out, overwrite=overwrite, progress=progress, storage_options=so)
+    stored = store.open(out, storage_options=so)
     stats = _training_stats(
         stored[f"/{train_period}"].to_dataset(), stored["/quality"].to_dataset(), spec, train_period
     )
-    store.add_group(out, "normalisation", stats)
-    store.remove(stage1_path)
+    store.add_group(out, "normalisation", stats, storage_options=so)
+    store.remove(stage1_path, storage_options=so)
     return out
 
 

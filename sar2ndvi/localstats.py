@@ -1,8 +1,8 @@
 """Local mean and standard deviation over a square window, NaN-aware and lazy.
 
 ``local_mean_std(image, w)`` gives, for every pixel, the mean and the population
-standard deviation (ddof=0) of the valid (non-NaN) pixels in the ``w x w`` window centred
-on it, with exactly the edge semantics of xarray's
+standard deviation (ddof=0) of the valid (finite: NaN and +-inf are no data) pixels in
+the ``w x w`` window centred on it, with exactly the edge semantics of xarray's
 ``da.rolling(y=w, x=w, center=True, min_periods=1).mean()`` / ``.std()``: at the scene
 edges the window is truncated to the pixels inside the array, one valid value suffices
 (its std is 0) and a pixel whose window holds no valid value is NaN. The last two
@@ -32,6 +32,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from sar2ndvi.errors import InputError
+
 try:  # numba is optional at import time: the NumPy fallback computes the same bits
     import numba as _numba
 except ImportError:  # pragma: no cover - exercised only where numba is missing
@@ -52,10 +54,10 @@ T = TypeVar("T")
 
 def _check_window(window: Any) -> int:
     if isinstance(window, bool | np.bool_) or not isinstance(window, int | np.integer):
-        raise ValueError(f"window must be an odd integer in 1..{MAX_WINDOW}, got {window!r}")
+        raise InputError(f"window must be an odd integer in 1..{MAX_WINDOW}, got {window!r}")
     w = int(window)
     if w < 1 or w % 2 == 0 or w > MAX_WINDOW:
-        raise ValueError(
+        raise InputError(
             f"window must be an odd integer in 1..{MAX_WINDOW} (pixels), got {w}; "
             "use e.g. 11 or 29 as in the paper's sweep"
         )
@@ -144,7 +146,7 @@ def _kernel_python(E, w, gy0, gx0, NY, NX, out_mean, out_std):
             for j in range(j_first, j_last + 1):
                 for q in range(W):
                     x = E[lead, j, q]
-                    if x == x:
+                    if x - x == 0.0:  # finite: NaN and +-inf are no data
                         xf = np.float64(x)
                         pc[q] += 1.0
                         d = xf - cl[q]
@@ -239,7 +241,7 @@ def _kernel_python(E, w, gy0, gx0, NY, NX, out_mean, out_std):
                     k = j - js
                     for q in range(W):
                         x = E[lead, j, q]
-                        if x == x:
+                        if x - x == 0.0:
                             xf = np.float64(x)
                             pc[q] += 1.0
                             d = xf - cl[q]
@@ -311,8 +313,8 @@ def _window_sums(pre: np.ndarray, suf: np.ndarray, axis: int, g0: int, w: int) -
 def _kernel_numpy(E: np.ndarray, w: int, gy0: int, gx0: int, NY: int, NX: int):
     _L, H, W = E.shape
     x = E.astype(np.float64)
-    valid = ~np.isnan(x)
-    cfield = np.where(np.isfinite(x), x, 0.0)
+    valid = np.isfinite(x)  # NaN and +-inf are no data
+    cfield = np.where(valid, x, 0.0)
     rows = (gy0 + np.arange(H)) // w * w
     cols = (gx0 + np.arange(W)) // w * w
     ylo = _anchor_indices(rows, NY, gy0, H)
@@ -396,7 +398,7 @@ def local_mean_std_numpy(block: np.ndarray, window: int) -> tuple[np.ndarray, np
     w = _check_window(window)
     block = np.asarray(block)
     if block.ndim < 2:
-        raise ValueError(f"local_mean_std needs at least 2 dims (y, x), got shape {block.shape}")
+        raise InputError(f"local_mean_std needs at least 2 dims (y, x), got shape {block.shape}")
     r = w // 2
     NY, NX = block.shape[-2:]
     if block.dtype not in (np.float32, np.float64):
@@ -429,7 +431,7 @@ def _local_mean_std_dask(x, w: int):
     import dask.array as da
 
     if x.ndim < 2:
-        raise ValueError(f"local_mean_std needs at least 2 dims (y, x), got shape {x.shape}")
+        raise InputError(f"local_mean_std needs at least 2 dims (y, x), got shape {x.shape}")
     r = w // 2
     ax_y, ax_x = x.ndim - 2, x.ndim - 1
     new_chunks = list(x.chunks)
@@ -484,16 +486,21 @@ def local_mean_std(image: T, window: int) -> tuple[T, T]:
     than 256 px along y or x are merged with their neighbours first, and the results keep
     the merged chunks), NumPy -> NumPy. Results are float32.
 
-    Raises ValueError for an even window, one below 1 or one above 255.
+    NaN and +-inf pixels are no data (an infinite backscatter is a broken value, not a
+    measurement). Raises InputError (a ValueError) for an even window, one below 1 or one
+    above 255, and for an image with no pixels.
     """
     w = _check_window(window)
+    shape = tuple(getattr(image, "shape", ()))
+    if len(shape) >= 2 and 0 in shape[-2:]:
+        raise InputError(f"local_mean_std needs an image with pixels, got shape {shape}")
     try:
         import xarray as xr
     except ImportError:  # pragma: no cover
         xr = None
     if xr is not None and isinstance(image, xr.DataArray):
         if image.ndim < 2:
-            raise ValueError(f"local_mean_std needs at least 2 dims (y, x), got dims {image.dims}")
+            raise InputError(f"local_mean_std needs at least 2 dims (y, x), got dims {image.dims}")
         mean, std = local_mean_std(image.data, w)
         keep = {k: image.attrs[k] for k in ("grid_mapping", "units") if k in image.attrs}
         name = image.name

@@ -5,7 +5,9 @@ Every function takes two 2-D images ``(y, x)`` (NumPy arrays or in-memory
 same shape. A pixel is scored when it is finite in both images and valid in the mask; values
 under the other pixels never influence any result (they are replaced by zeros before any
 arithmetic). Accumulation is float64. When no pixel can be scored the result is NaN, not an
-error, so a cloud-covered test block shows up as a missing value in a table.
+error, so a cloud-covered test block shows up as a missing value in a table, and a
+`NoValidPixelsWarning` says why. Scored values beyond +-``MAX_ABS_VALUE`` (1e6) are refused
+with an InputError: they are not NDVI, and float64 moments would cancel or overflow.
 
 NDVI lies in [-1, 1], so the data range is 2 (``NDVI_DATA_RANGE``): PSNR is
 ``10 log10(2**2 / MSE)`` dB and SSIM's constants are ``C1 = (0.01 * 2)**2`` and
@@ -27,6 +29,7 @@ gaussian_weights=True, sigma=1.5, use_sample_covariance=False)``. See ``docs/met
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping
 from functools import partial
 from typing import Any
@@ -73,6 +76,23 @@ SSIM_MIN_SUPPORT = 0.5
 SUPPORT_TOLERANCE = 1e-6
 #: The keys of ``score``'s result, in order.
 METRIC_KEYS = ("rmse", "mae", "ssim", "psnr", "n_pixels")
+#: Largest magnitude a scored pixel may have. NDVI lies in [-1, 1]; far beyond this, float64
+#: moments cancel (SSIM turns to noise) and then overflow (inf - inf = NaN).
+MAX_ABS_VALUE = 1e6
+
+
+class NoValidPixelsWarning(UserWarning):
+    """A metric found no pixel to score (all NaN, masked out or, for SSIM, none well
+    supported) and returned NaN."""
+
+
+_NO_VALID = "no valid pixel to score (NaN or inf in pred or truth, or masked out)"
+
+
+def _nothing_to_score(metric: str, why: str) -> float:
+    """NaN, said out loud: a NaN metric must never pass for a computed one."""
+    warnings.warn(f"{metric}: {why}; the result is NaN", NoValidPixelsWarning, stacklevel=3)
+    return math.nan
 
 
 # --------------------------------------------------------------------------------------
@@ -144,6 +164,13 @@ def _prepare(pred: Any, truth: Any, mask: Any = None) -> tuple[np.ndarray, np.nd
                 "give one True/False per pixel of the images"
             )
         valid &= m
+    for name, image in (("pred", p), ("truth", t)):
+        largest = float(np.abs(image[valid]).max(initial=0.0))
+        if largest > MAX_ABS_VALUE:
+            raise InputError(
+                f"{name} holds {largest:.3g} at a scored pixel; the metrics take NDVI-like "
+                f"values of magnitude <= {MAX_ABS_VALUE:g}: mask or clip such pixels"
+            )
     return p, t, valid
 
 
@@ -182,27 +209,29 @@ def _check_range(data_range: float) -> float:
 
 
 def rmse(pred: Any, truth: Any, mask: Any = None) -> float:
-    """Root-mean-square error over valid pixels (NDVI units); NaN when none is valid."""
+    """Root-mean-square error over valid pixels (NDVI units); NaN (with a
+    `NoValidPixelsWarning`) when none is valid."""
     d = _differences(pred, truth, mask)
-    return float(np.sqrt(np.mean(d * d))) if d.size else math.nan
+    return float(np.sqrt(np.mean(d * d))) if d.size else _nothing_to_score("RMSE", _NO_VALID)
 
 
 def mae(pred: Any, truth: Any, mask: Any = None) -> float:
-    """Mean absolute error over valid pixels (NDVI units); NaN when none is valid."""
+    """Mean absolute error over valid pixels (NDVI units); NaN (with a `NoValidPixelsWarning`)
+    when none is valid."""
     d = _differences(pred, truth, mask)
-    return float(np.mean(np.abs(d))) if d.size else math.nan
+    return float(np.mean(np.abs(d))) if d.size else _nothing_to_score("MAE", _NO_VALID)
 
 
 def psnr(pred: Any, truth: Any, mask: Any = None, data_range: float = NDVI_DATA_RANGE) -> float:
     """Peak signal-to-noise ratio ``10 log10(data_range**2 / MSE)`` in dB over valid pixels.
 
-    ``inf`` for identical images, NaN when no pixel is valid. For a constant error ``e`` it
-    is ``20 log10(data_range / e)``.
+    ``inf`` for identical images, NaN (with a `NoValidPixelsWarning`) when no pixel is
+    valid. For a constant error ``e`` it is ``20 log10(data_range / e)``.
     """
     r = _check_range(data_range)
     d = _differences(pred, truth, mask)
     if not d.size:
-        return math.nan
+        return _nothing_to_score("PSNR", _NO_VALID)
     mse = float(np.mean(d * d))
     return math.inf if mse == 0.0 else 10.0 * math.log10(r * r / mse)
 
@@ -313,13 +342,21 @@ def ssim(
     *,
     min_support: float = SSIM_MIN_SUPPORT,
 ) -> float:
-    """Mean SSIM over well-supported valid pixels (see ``ssim_map``); NaN when there is none.
+    """Mean SSIM over well-supported valid pixels (see ``ssim_map``); NaN (with a
+    `NoValidPixelsWarning`) when there is none.
 
     Without mask and NaN this equals ``skimage.metrics.structural_similarity(pred, truth,
     data_range=2, gaussian_weights=True, sigma=1.5, use_sample_covariance=False)``.
     """
     s, keep = _ssim_kept(pred, truth, mask, data_range, sigma, win_size, min_support)
-    return float(np.mean(s[keep])) if keep.any() else math.nan
+    if keep.any():
+        return float(np.mean(s[keep]))
+    return _nothing_to_score(
+        "SSIM",
+        f"no well-supported pixel in the {s.shape[0]} x {s.shape[1]} image (a valid pixel "
+        f"at least {(win_size - 1) // 2} px from the border, with >= {min_support:g} of its "
+        f"{win_size} x {win_size} window valid)",
+    )
 
 
 # --------------------------------------------------------------------------------------

@@ -503,8 +503,11 @@ class _StoreLayout:
 
 
 def _open_group(path: str, storage_options: Mapping[str, Any] | None) -> zarr.Group:
+    # fsspec options are for URLs (s3://...); zarr refuses them with a local path, and one
+    # set of options may serve a command's local and remote stores alike
+    options = dict(storage_options or {}) if "://" in path else {}
     try:
-        return zarr.open_group(path, mode="r", storage_options=dict(storage_options or {}) or None)
+        return zarr.open_group(path, mode="r", storage_options=options or None)
     except Exception as exc:  # FileNotFoundError, GroupNotFoundError, ...
         raise InputError(f"{path}: cannot open this feature store ({exc})") from exc
 

@@ -80,10 +80,12 @@ def prediction_dataset(
     mc_samples: int = 0,
     uncertainty: bool = False,
     chunks: int | tuple[int, int] | None = None,
+    storage_options: dict | None = None,
 ) -> xr.Dataset:
-    """The lazy output dataset of `write_prediction` (nothing computed)."""
+    """The lazy output dataset of `write_prediction` (nothing computed); `storage_options`
+    are fsspec's for a feature store at a URL."""
     features = _absolute(os.fspath(features))
-    tree = store.open(features)
+    tree = store.open(features, storage_options=storage_options)
     if f"{period}" not in tree.children:
         raise InputError(f"{features}: the feature store has no /{period} group")
     checkpoint = model if isinstance(model, Checkpoint) else load_checkpoint(model)
@@ -152,18 +154,23 @@ def write_prediction(
     overwrite: bool = False,
     progress: bool = True,
     item: bool = True,
+    storage_options: dict | None = None,
     **options: Any,
 ) -> str:
     """Predict NDVI for a whole feature store and write it as a Zarr cube (see the module
     doc), chunk by chunk in flat memory; return the store's path.
 
     `options` are those of `prediction_dataset` (period, batch_size, device, tta,
-    mc_samples, uncertainty, chunks).
+    mc_samples, uncertainty, chunks). `out` and `features` are paths or fsspec URLs
+    (``s3://...``); `storage_options` go to fsspec for both (the model is a local file).
     """
-    ds = prediction_dataset(model, features, **options)
-    url = store.write(ds, _absolute(os.fspath(out)), overwrite=overwrite, progress=progress)
+    so = storage_options
+    ds = prediction_dataset(model, features, storage_options=so, **options)
+    url = store.write(
+        ds, _absolute(os.fspath(out)), overwrite=overwrite, progress=progress, storage_options=so
+    )
     if item:
-        write_item(url, ds)
+        write_item(url, ds, storage_options=so)
     return url
 
 
@@ -171,18 +178,20 @@ def same_prediction(
     out: str | os.PathLike,
     model: str | os.PathLike | Checkpoint,
     features: str | os.PathLike,
+    storage_options: dict | None = None,
     **options: Any,
 ) -> bool:
     """Whether the complete store `out` was written by this model (same weights) from this
     feature store with these options: then it can be reused as it is."""
-    attrs = store.open(out).attrs
+    attrs = store.open(out, storage_options=storage_options).attrs
     checkpoint = model if isinstance(model, Checkpoint) else load_checkpoint(model)
     recorded = attrs.get("sar2ndvi:prediction") or {}
     wanted = {k: v for k, v in options.items() if k in recorded}
     return (
         (attrs.get("sar2ndvi:model") or {}).get("weights_sha256")
         == weights_digest(checkpoint.state_dict)
-        and (attrs.get("sar2ndvi:features") or {}).get("store") == _absolute(os.fspath(features))
+        and (attrs.get("sar2ndvi:features") or {}).get("store")
+        == store.scrub_secrets(_absolute(os.fspath(features)))
         and all(recorded[k] == v for k, v in wanted.items())
     )
 
@@ -208,7 +217,8 @@ def _time_range(ds: xr.Dataset) -> tuple[datetime | None, datetime | None]:
 
 
 def stac_item(url: str, ds: xr.Dataset) -> dict[str, Any]:
-    """A STAC item (as a dict) describing the prediction store at `url`."""
+    """A STAC item (as a dict) describing the prediction store at `url` (without any
+    signed query or credentials: the item is meant to be shared)."""
     import pystac
     from pyproj import Transformer
     from shapely.geometry import box, mapping
@@ -251,7 +261,7 @@ def stac_item(url: str, ds: xr.Dataset) -> dict[str, Any]:
             "processing:software": {"sar2ndvi": sar2ndvi.__version__},
             "processing:lineage": (
                 f"U-net (weights sha256 {digest[:16]}...) on the feature store "
-                f"{ds.attrs['sar2ndvi:features']['store']}"
+                f"{store.scrub_secrets(ds.attrs['sar2ndvi:features']['store'])}"
             ),
         }
     )
@@ -259,7 +269,7 @@ def stac_item(url: str, ds: xr.Dataset) -> dict[str, Any]:
     item.add_asset(
         "ndvi",
         pystac.Asset(
-            href=url,
+            href=store.scrub_secrets(url),
             media_type="application/vnd+zarr",
             roles=["data"],
             title="Predicted NDVI (Zarr v2, consolidated)",
@@ -272,12 +282,12 @@ def stac_item(url: str, ds: xr.Dataset) -> dict[str, Any]:
     return item.to_dict(include_self_link=False)
 
 
-def write_item(url: str, ds: xr.Dataset) -> str:
+def write_item(url: str, ds: xr.Dataset, storage_options: dict | None = None) -> str:
     """Write `stac_item` into the store's folder as ``item.json``; return its path."""
     import fsspec
 
     item = stac_item(url, ds)
     path = url.rstrip("/") + "/" + ITEM_FILE
-    with fsspec.open(path, "w") as f:
+    with fsspec.open(path, "w", **(storage_options or {})) as f:
         json.dump(item, f, indent=1)
     return path

@@ -18,6 +18,7 @@ with GDAL (``ZARR:"path":/group/var``) and QGIS.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import itertools
 import json
@@ -94,8 +95,19 @@ class IncompleteStoreError(StoreError):
 
 
 _URL_QUERY = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s?#\"'<>]*)[?#][^\s\"'<>]*")
+#: user:password@ in a URL
+_URL_USERINFO = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.\-]*://)[^\s/?#\"'<>@]+@")
+#: secret parameters outside a URL (a bare SAS query, a connection string, a message)
+_SECRET_PARAM = re.compile(
+    r"\b(sig|signature|x-amz-signature|x-amz-credential|x-amz-security-token|"
+    r"x-goog-signature|x-goog-credential|token|access_token|sas_token|api_?key|password|"
+    r"accountkey|sharedaccesssignature|sharedaccesskey)=[^\s&;\"'<>]*",
+    re.IGNORECASE,
+)
 _SECRET_KEY = re.compile(
-    r"token|secret|passw|signature|credential|api[_\-]?key|access[_\-]?key|^sig$|^sas$",
+    r"token|secret|passw|signature|credential|api[_\-]?key|access[_\-]?key|^sig$|^sas$"
+    r"|^key$|account[_\-]?key|private[_\-]?key|connection[_\-]?string|authori[sz]ation"
+    r"|^auth$|cookie",
     re.IGNORECASE,
 )
 
@@ -104,12 +116,15 @@ def scrub_secrets(value: Any) -> Any:
     """`value` with secrets removed, for attributes that end up in a (possibly public) store.
 
     URLs inside strings lose their query string and fragment (SAS tokens ``?se=..&sig=..``,
-    ``X-Amz-Signature=..``, ``token=..``); mapping keys named like token, secret, password,
-    signature, credential or API/access key are dropped. Lists, tuples and dicts are
-    scrubbed recursively; other values are returned as they are.
+    ``X-Amz-Signature=..``, ``token=..``) and any ``user:password@``; secret parameters
+    outside a URL (``sig=..``, ``AccountKey=..`` of a connection string) lose their value;
+    mapping keys named like token, secret, password, signature, credential, key, API/access/
+    account key or connection string are dropped (s3fs's ``key``/``secret``/``token``).
+    Lists, tuples and dicts are scrubbed recursively; other values are returned as they are.
     """
     if isinstance(value, str):
-        return _URL_QUERY.sub(r"\1", value)
+        value = _URL_USERINFO.sub(r"\1", _URL_QUERY.sub(r"\1", value))
+        return _SECRET_PARAM.sub(r"\1=[redacted]", value)
     if isinstance(value, Mapping):
         return {
             k: scrub_secrets(v)
@@ -226,10 +241,12 @@ class _Target:
         try:
             fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
         except Exception as exc:
-            raise StoreError(f"{url}: cannot open this location: {exc}") from exc
+            shown = scrub_secrets(f"{url}: cannot open this location: {exc}")
+            raise StoreError(shown) from exc
         if isinstance(fs, LocalFileSystem):
             fs = LocalFileSystem(auto_mkdir=True)
-        return cls(url=url, fs=fs, path=path.rstrip("/") or path)
+        # `url` names the store in messages and progress bars: never with a signed query
+        return cls(url=scrub_secrets(url), fs=fs, path=path.rstrip("/") or path)
 
     @property
     def local(self) -> bool:
@@ -562,7 +579,7 @@ def write(
     t.fs.invalidate_cache()
     if t.fs.exists(t.join(_STATE_DIR)):
         t.fs.rm(t.join(_STATE_DIR), recursive=True)
-    return t.url
+    return os.fspath(target)
 
 
 def remove(target: str | os.PathLike, *, storage_options: dict | None = None) -> None:
@@ -674,6 +691,20 @@ def _consolidate(zstore: Any) -> None:
         zarr.consolidate_metadata(zstore, zarr_format=2)
 
 
+#: errno values of a full disk, a file-size limit and an exhausted quota
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
+
+
+def _disk_full(exc: BaseException) -> str:
+    """A hint to free space when an OSError in `exc`'s chain says the disk is full."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in _FULL_ERRNOS:
+            return "the disk (or quota) is full: free some space; "
+        seen = seen.__cause__ or seen.__context__
+    return ""
+
+
 def _write_data(t: _Target, jobs: list[_Job], progress: bool) -> None:
     from tqdm.auto import tqdm
 
@@ -722,14 +753,15 @@ def _write_data(t: _Target, jobs: list[_Job], progress: bool) -> None:
                     t.fs.makedirs(t.join(_STATE_DIR, _DONE, j.key), exist_ok=True)
             try:
                 _write_region([j.source for j in todo], [arrays[j.key] for j in todo], region)
+                for j in todo:
+                    t.fs.pipe_file(t.join(_STATE_DIR, _DONE, j.key, key), b"")
             except Exception as exc:
                 names = ", ".join(f"/{j.key}" for j in todo)
                 raise StoreError(
-                    f"{t.url}: writing {names} stopped at region {key} ({exc}); the store is "
+                    f"{t.url}: writing {names} stopped at region {key} "
+                    f"({scrub_secrets(str(exc))}); {_disk_full(exc)}the store is "
                     "incomplete: re-run the same write to finish it"
                 ) from exc
-            for j in todo:
-                t.fs.pipe_file(t.join(_STATE_DIR, _DONE, j.key, key), b"")
             bar.update(len(todo))
     finally:
         bar.close()
