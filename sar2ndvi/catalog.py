@@ -323,8 +323,10 @@ def _why(err: BaseException, policy: RetryPolicy | None) -> str:
     tries = f" (after {policy.retries} retries)" if policy and policy.retries else ""
     seen: BaseException | None = err
     while seen is not None:
-        if isinstance(seen, APIError) and getattr(seen, "status_code", None):
-            return f"HTTP {seen.status_code}{tries}: {str(seen)[:200] or 'no message'}"
+        status = getattr(seen, "status_code", None)
+        if isinstance(seen, APIError) and status:
+            retried = tries if policy and status in policy.statuses else ""
+            return f"HTTP {status}{retried}: {str(seen)[:200] or 'no message'}"
         if isinstance(seen, ReadTimeoutError):
             return f"no answer within the read timeout{tries}: {_short(seen)}"
         if isinstance(seen, ChunkedEncodingError):

@@ -13,7 +13,11 @@ Everything binds 127.0.0.1 on a free port; nothing leaves the machine.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import signal
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -22,6 +26,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+from distributed import WorkerPlugin
 
 # --- faults ---------------------------------------------------------------------------------
 
@@ -150,9 +156,7 @@ class FaultyProxy(_Loopback):
                     headers={"Content-Type": "application/json"},
                 )
                 with urllib.request.urlopen(request, timeout=10) as response:
-                    payload = response.read().replace(
-                        proxy.upstream.encode(), proxy.url.encode()
-                    )
+                    payload = response.read().replace(proxy.upstream.encode(), proxy.url.encode())
                     status, kind = response.status, response.headers["Content-Type"]
                 if fault is None:
                     self._send(status, payload, {"Content-Type": kind})
@@ -184,57 +188,77 @@ class FaultyProxy(_Loopback):
 _RANGE = re.compile(r"bytes=(\d+)-(\d*)$")
 
 
-class FileServer(_Loopback):
+def _file_handler(root: Path, missing: set[str]) -> type[BaseHTTPRequestHandler]:
+    class Handler(_QuietHandler):
+        def _file(self) -> Path | None:
+            rel = self.path.split("?", 1)[0].lstrip("/")
+            path = (root / rel).resolve()
+            if rel in missing or not path.is_file() or root not in path.parents:
+                return None
+            return path
+
+        def do_HEAD(self) -> None:
+            path = self._file()
+            if path is None:
+                self._send(404, b"")
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(path.stat().st_size))
+            self.send_header("Accept-Ranges", "bytes")
+            self.end_headers()
+
+        def do_GET(self) -> None:
+            path = self._file()
+            if path is None:
+                self._send(404, b"not found")
+                return
+            data = path.read_bytes()
+            match = _RANGE.match(self.headers.get("Range", ""))
+            if match is None:
+                self._send(200, data, {"Accept-Ranges": "bytes"})
+                return
+            start = int(match.group(1))
+            end = min(int(match.group(2) or len(data) - 1), len(data) - 1)
+            self._send(
+                206,
+                data[start : end + 1],
+                {"Content-Range": f"bytes {start}-{end}/{len(data)}", "Accept-Ranges": "bytes"},
+            )
+
+    return Handler
+
+
+class FileServer:
     """Serves the files under `root` at ``<url>/<relative path>``, with byte ranges, and
-    answers 404 for the relative paths in `missing` (and for anything outside `root`)."""
+    answers 404 for the relative paths in `missing` (and for anything outside `root`).
+
+    It runs in a child process: GDAL holds the GIL while it reads a URL, so a server thread
+    in the reading process would never answer.
+    """
 
     def __init__(self, root: Path, *, missing: Iterable[str] = ()):
         self.root = Path(root).resolve()
-        self.missing = set(missing)
-        self.hits: list[str] = []
-        served = self
-
-        class Handler(_QuietHandler):
-            def _file(self) -> Path | None:
-                rel = self.path.split("?", 1)[0].lstrip("/")
-                served.hits.append(rel)
-                path = (served.root / rel).resolve()
-                if rel in served.missing or not path.is_file() or served.root not in path.parents:
-                    return None
-                return path
-
-            def do_HEAD(self) -> None:  # noqa: N802
-                path = self._file()
-                if path is None:
-                    self._send(404, b"")
-                    return
-                self.send_response(200)
-                self.send_header("Content-Length", str(path.stat().st_size))
-                self.send_header("Accept-Ranges", "bytes")
-                self.end_headers()
-
-            def do_GET(self) -> None:  # noqa: N802
-                path = self._file()
-                if path is None:
-                    self._send(404, b"not found")
-                    return
-                data = path.read_bytes()
-                match = _RANGE.match(self.headers.get("Range", ""))
-                if match is None:
-                    self._send(200, data, {"Accept-Ranges": "bytes"})
-                    return
-                start = int(match.group(1))
-                end = min(int(match.group(2) or len(data) - 1), len(data) - 1)
-                self._send(
-                    206,
-                    data[start : end + 1],
-                    {"Content-Range": f"bytes {start}-{end}/{len(data)}", "Accept-Ranges": "bytes"},
-                )
-
-        super().__init__(Handler)
+        self.missing = sorted(missing)
+        self.url = ""
+        self._process: subprocess.Popen[str] | None = None
 
     def __enter__(self) -> FileServer:
-        return super().__enter__()
+        self._process = subprocess.Popen(
+            [sys.executable, __file__, str(self.root), *self.missing],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self._process.stdout is not None
+        self.url = self._process.stdout.readline().strip()
+        if not self.url.startswith("http://127.0.0.1:"):
+            self._process.kill()
+            raise RuntimeError(f"the file server did not start (said {self.url!r})")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._process is not None
+        self._process.terminate()
+        self._process.wait(timeout=10)
 
     def url_of(self, path: Path) -> str:
         """The URL this server gives the file `path` (under `root`)."""
@@ -270,6 +294,140 @@ y = 64
     return path
 
 
+# --- processes killed at a chosen moment ---------------------------------------------------
+
+#: Runs the `sar2ndvi` command (argv[3:]) with `store._write_region` wrapped: after the n-th
+#: region's chunks are written, and before its done marker is, it touches the file argv[1]
+#: and sleeps, for the test to SIGKILL it there (n = argv[2]; 0 runs to the end).
+KILLABLE_CLI = """
+import sys, time
+from pathlib import Path
+from sar2ndvi import store
+from sar2ndvi.cli import main
+
+ready, after = Path(sys.argv[1]), int(sys.argv[2])
+real = store._write_region
+calls = 0
+
+def write_region(sources, targets, region):
+    global calls
+    real(sources, targets, region)
+    calls += 1
+    if calls == after:
+        ready.write_text(str(calls))
+        time.sleep(600)
+
+store._write_region = write_region
+sys.argv = ["sar2ndvi", *sys.argv[3:]]
+main()
+"""
+
+
+def run_cli(args: list[str], *, cwd: Path, kill_after: int = 0, timeout: float = 300) -> str:
+    """Run `sar2ndvi ARGS` in a child process; with `kill_after` n > 0, SIGKILL it once the
+    n-th region is written and not yet marked done. Returns its output; raises
+    AssertionError when it fails (or, with `kill_after`, when it ends by itself)."""
+    stem = Path(cwd) / f".child-{os.getpid()}-{time.monotonic_ns()}"
+    ready, log = stem.with_suffix(".ready"), stem.with_suffix(".log")
+    command = [sys.executable, "-c", KILLABLE_CLI, str(ready), str(kill_after), *args]
+    # the child imports this checkout's package, as the tests do (pythonpath = ".")
+    repo = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")])}
+    try:
+        with (
+            log.open("w") as out,
+            subprocess.Popen(
+                command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, text=True
+            ) as child,
+        ):
+            deadline = time.monotonic() + timeout
+            while not (kill_after and ready.exists()) and child.poll() is None:
+                if time.monotonic() > deadline:
+                    child.kill()
+                    raise AssertionError(f"{args} still running after {timeout} s")
+                time.sleep(0.02)
+            if kill_after and ready.exists():
+                child.send_signal(signal.SIGKILL)
+            child.wait(timeout=60)
+        output = log.read_text()
+        if kill_after:
+            assert child.returncode == -signal.SIGKILL, (child.returncode, output)
+        else:
+            assert child.returncode == 0, output
+        return output
+    finally:
+        ready.unlink(missing_ok=True)
+        log.unlink(missing_ok=True)
+
+
+class DieOnce(WorkerPlugin):
+    """A dask.distributed worker plugin: the first worker to start its `n`-th task kills
+    its own process (os._exit, as a crash or the OOM killer would), once per `flag` file."""
+
+    name = "sar2ndvi-die-once"
+
+    def __init__(self, flag: str, n: int):
+        self.flag, self.n, self.started = flag, n, 0
+
+    def setup(self, worker: Any) -> None:
+        self.started = 0
+
+    def transition(self, key: Any, start: str, finish: str, **kwargs: Any) -> None:
+        if finish != "executing":
+            return
+        self.started += 1
+        if self.started != self.n:
+            return
+        try:  # O_EXCL: exactly one worker of the cluster dies, exactly once
+            os.close(os.open(self.flag, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return
+        os._exit(1)
+
+
+# --- a full disk ------------------------------------------------------------------------------
+
+
+def noisy_dataset(seed: int = 0, shape: tuple[int, int] = (256, 384), chunk: int = 128) -> Any:
+    """A georeferenced (y, x) float64 Dataset of white noise in `chunk`-px Dask chunks: its
+    chunk files (128 KiB) do not compress, its metadata files stay under 8 KiB."""
+    import dask.array as da
+    import numpy as np
+    import xarray as xr
+
+    from sar2ndvi.store import georeference
+
+    ny, nx = shape
+    data = np.random.default_rng(seed).normal(size=shape)
+    ds = xr.Dataset(
+        {"noise": (("y", "x"), da.from_array(data, chunks=chunk))},
+        coords={"y": 3_800_000.0 - 10.0 * np.arange(ny) - 5.0,
+                "x": 500_000.0 + 10.0 * np.arange(nx) + 5.0},
+    )  # fmt: skip
+    return georeference(ds, "EPSG:32611")
+
+
+#: Writes `noisy_dataset()` to argv[1] with every file limited to argv[2] bytes
+#: (RLIMIT_FSIZE; SIGXFSZ ignored so that a write past it fails with EFBIG, as a full disk
+#: fails with ENOSPC); prints the error and exits 2, as the command line does.
+FULL_DISK_WRITE = """
+import resource, signal, sys
+sys.path.insert(0, sys.argv[3])
+from tests.faults_support import noisy_dataset
+from sar2ndvi import store
+from sar2ndvi.errors import Sar2ndviError
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+limit = int(sys.argv[2])
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+try:
+    store.write(noisy_dataset(), sys.argv[1], progress=False)
+except Sar2ndviError as err:
+    print(f"error: {err}")
+    sys.exit(2)
+"""
+
+
 # --- folders, byte for byte -----------------------------------------------------------------
 
 
@@ -292,3 +450,11 @@ def tree_digest(root: Path) -> str:
         h.update(f"{name}\0{len(data)}\0".encode())
         h.update(data)
     return h.hexdigest()
+
+
+if __name__ == "__main__":  # the FileServer's child process: ROOT [MISSING...]
+    _root = Path(sys.argv[1]).resolve()
+    _server = ThreadingHTTPServer(("127.0.0.1", 0), _file_handler(_root, set(sys.argv[2:])))
+    _server.daemon_threads = True
+    print(f"http://127.0.0.1:{_server.server_port}", flush=True)
+    _server.serve_forever()

@@ -42,9 +42,12 @@ def clean_s1(recipe, selection):
     return build_cube(recipe, selection)["/s1"].to_dataset().compute()
 
 
-@pytest.fixture(scope="module")
-def files_server(scene):
-    with FileServer(scene.path) as server:
+@pytest.fixture
+def files_server(scene, selection):
+    """The scene's files over HTTP (in a child process), the vh of S1 item 1 answering 404."""
+    vh = _local(selection.s1_items()[1].assets["vh"].get_absolute_href())
+    missing = vh.resolve().relative_to(scene.path.resolve()).as_posix()
+    with FileServer(scene.path, missing=[missing]) as server:
         yield server
 
 
@@ -65,7 +68,8 @@ def _break(kind, selection, folder, server):
         data = vv.read_bytes()
         bad.write_bytes(data[: len(data) * 2 // 3])
         item.assets["vv"].href = bad.as_uri()
-        asset, said = "vv", rf"{re.escape(bad.as_uri())}: the file is truncated: {len(data) * 2 // 3} bytes"
+        kept = len(data) * 2 // 3
+        asset, said = "vv", rf"{re.escape(bad.as_uri())}: the file is truncated: {kept} bytes"
     elif kind == "wrong-crs":  # the same pixels, labelled with the next UTM zone
         bad = folder / "vv-wrong-crs.tif"
         with rasterio.open(vv) as src:
@@ -75,9 +79,7 @@ def _break(kind, selection, folder, server):
             dst.write(pixels)
         item.assets["vv"].href = bad.as_uri()
         asset, said = "vv", r"the file is in EPSG:32612 but its item declares EPSG:32611"
-    else:  # every asset over HTTP; vh answers 404
-        vh = _local(item.assets["vh"].href)
-        server.missing.add(vh.relative_to(server.root).as_posix())
+    else:  # every asset over HTTP; vh answers 404 (see files_server)
         for key in ("vv", "vh"):
             item.assets[key].href = server.url_of(_local(item.assets[key].href))
         asset, said = "vh", rf"cannot read {re.escape(item.assets['vh'].href)}: .*404"
@@ -102,6 +104,8 @@ def test_skip_builds_without_it_and_the_store_records_it(
 ):
     broken, item_id, asset, said = _break(kind, selection, tmp_path, files_server)
     cube = build_cube(recipe, broken, on_error="skip")
+    # /s2 left out to keep the test quick: the skip record lives in the root attributes
+    del cube["s2"]
     path = store.write(cube, tmp_path / "cube.zarr", progress=False)
 
     stored = store.open(path)
@@ -117,8 +121,9 @@ def test_skip_builds_without_it_and_the_store_records_it(
     assert stored.attrs["sar2ndvi:items"]["s1"] == kept
 
 
-def test_http_assets_that_answer_are_read_like_local_files(recipe, selection, clean_s1,
-                                                           files_server):
+def test_http_assets_that_answer_are_read_like_local_files(
+    recipe, selection, clean_s1, files_server
+):
     # the control for the 404 case: the same item over HTTP, nothing missing
     items = selection.s1_items()
     item = items[0].clone()
@@ -127,9 +132,9 @@ def test_http_assets_that_answer_are_read_like_local_files(recipe, selection, cl
         item.assets[key].href = files_server.url_of(local)
     one = type(selection)(s1={("pre", "ascending"): [item]}, s2=selection.s2, dem=selection.dem)
     s1 = build_cube(recipe, one)["/s1"].to_dataset().compute()
-    hits = len(files_server.hits)
-    np.testing.assert_array_equal(s1["vv"].values[0], clean_s1["vv"].sel(time=s1.time).values[0])
-    assert hits > 0
+    for pol in ("vv", "vh"):
+        np.testing.assert_array_equal(s1[pol].values, clean_s1[pol].sel(time=s1.time).values)
+    assert np.isfinite(s1["vv"].values).mean() > 0.5
 
 
 def test_a_truncated_cog_found_only_at_write_time_is_not_mistaken_for_complete(

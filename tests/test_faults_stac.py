@@ -82,7 +82,8 @@ def test_a_huge_retry_after_is_capped(stac_api, s1_ids):
                      id="hang"),
         pytest.param(Cut(0.5), r"the response was cut off mid-way \(after 2 retries\)", 3,
                      id="cut"),
-        pytest.param(Garbage(), "the answer is not JSON", 1, id="not-json"),  # not transient: no retry
+        # not transient: no retry
+        pytest.param(Garbage(), "the answer is not JSON", 1, id="not-json"),
     ],
 )  # fmt: skip
 def test_a_persistent_fault_names_the_endpoint_and_the_fault(stac_api, fault, said, attempts):
@@ -122,6 +123,6 @@ def test_a_build_whose_search_fails_half_way_leaves_nothing(tmp_path, scene, sta
         )
         assert proxy.count("/search") == 3
     assert result.exit_code == 2, result.output
-    assert f"searching the STAC API at {proxy.url} failed: HTTP 400" in result.output
+    assert f"searching the STAC API at {proxy.url} failed: HTTP 400: " in result.output
     assert "Traceback" not in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == [recipe.name]  # no store, no folder
