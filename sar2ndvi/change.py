@@ -34,6 +34,7 @@ __all__ = [
     "detect_change",
     "disk",
     "label_objects",
+    "objects",
     "otsu_threshold",
     "remove_small_objects",
 ]
@@ -163,13 +164,7 @@ def detect_change(
     cleaned = data.map_overlap(
         _clean_block, depth=2 * int(radius), boundary=False, footprint=footprint, dtype=bool
     )
-    labels, count = label_objects(cleaned)
-    pixel_area = _pixel_area(dndvi)
-    labels = remove_small_objects(labels, count, int(np.ceil(float(min_area) / pixel_area)))
-    coords = {"y": dndvi["y"], "x": dndvi["x"]}
-    if "spatial_ref" in dndvi.coords:
-        coords["spatial_ref"] = dndvi["spatial_ref"]
-    label = xr.DataArray(labels, dims=("y", "x"), coords=coords)
+    label = objects(cleaned, dndvi, min_area)
     score = 1.0 / (1.0 + np.exp((dndvi - threshold) / SCORE_SCALE))
     layers = xr.Dataset(
         {
@@ -183,6 +178,18 @@ def detect_change(
         }
     )
     return ChangeResult(layers, threshold, float(min_slope), float(min_area))
+
+
+def objects(mask: da.Array, like: xr.DataArray, min_area: float) -> xr.DataArray:
+    """8-connected objects of `mask` of at least `min_area` m^2, labelled on the grid of
+    `like` (its x/y coordinates and ``spatial_ref``): lazy (y, x) int32, 0 = none."""
+    labels, count = label_objects(mask)
+    min_pixels = int(np.ceil(float(min_area) / _pixel_area(like)))
+    labels = remove_small_objects(labels, count, min_pixels)
+    coords = {"y": like["y"], "x": like["x"]}
+    if "spatial_ref" in like.coords:
+        coords["spatial_ref"] = like["spatial_ref"]
+    return xr.DataArray(labels, dims=("y", "x"), coords=coords)
 
 
 def _pixel_area(arr: xr.DataArray) -> float:

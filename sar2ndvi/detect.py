@@ -24,7 +24,7 @@ import numpy as np
 import xarray as xr
 
 from sar2ndvi import store
-from sar2ndvi.change import detect_change, label_objects, remove_small_objects
+from sar2ndvi.change import detect_change, objects
 from sar2ndvi.checkpoint import load_checkpoint, resolve
 from sar2ndvi.errors import InputError
 from sar2ndvi.landslides import landslide_inputs, stack_layers
@@ -111,10 +111,7 @@ def detect_unet(
         layer=0, drop=True
     )
     prob = prob.where(stack.notnull().all("band"))
-    data = prob.data >= float(probability)
-    labels, count = label_objects(data)
-    labels = remove_small_objects(labels, count, int(np.ceil(min_area / _pixel_area(prob))))
-    label = xr.DataArray(labels, dims=("y", "x"), coords=prob.coords)
+    label = objects(prob.data >= float(probability), prob, min_area)
     out = xr.Dataset(
         {
             "mask": (label > 0).astype(np.uint8).assign_attrs(long_name="landslide (1), U-net"),
@@ -129,11 +126,6 @@ def detect_unet(
         },
     )
     return out, inputs[[change, "slope"]].rename({change: "dndvi"})
-
-
-def _pixel_area(arr: xr.DataArray) -> float:
-    x, y = np.asarray(arr["x"].values), np.asarray(arr["y"].values)
-    return abs(float(x[1] - x[0]) * float(y[1] - y[0]))
 
 
 def write_detection(

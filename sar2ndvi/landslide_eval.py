@@ -33,7 +33,7 @@ from sar2ndvi.confusion import SCORE_KEYS, Confusion, confusion
 from sar2ndvi.errors import InputError
 from sar2ndvi.evaluate import held_out_areas
 from sar2ndvi.landslides import INPUT_GROUP, SETTINGS, setting
-from sar2ndvi.predict import predict_layers
+from sar2ndvi.predict import normalise_channels, predict_layers
 from sar2ndvi.segment import SegmentConfig, fit_cart, setting_channels, train_segmentation
 from sar2ndvi.split import Split
 from sar2ndvi.train import resolve_device
@@ -148,11 +148,6 @@ class LandslideEvaluation:
         return {"rows": self.rows(), "thresholds": self.thresholds}
 
 
-def _runner_normalise(x: np.ndarray, center: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    out = (x - center[:, None, None]) / scale[:, None, None]
-    return np.nan_to_num(out.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-
-
 def evaluate_landslides(
     inputs: str | os.PathLike,
     out: str | os.PathLike,
@@ -246,7 +241,7 @@ def evaluate_landslides(
         }
         for s in chosen:
             channels = setting_channels(bands, s)
-            x = _runner_normalise(feats.values, center, scale)[channels]
+            x = normalise_channels(feats.values, center, scale)[channels]
             proba = carts[s.key].predict_proba(x.reshape(len(channels), -1).T)[:, 1]
             predicted[(s.key, CART)] = proba.reshape(scored.shape) >= probability
         for s in chosen:

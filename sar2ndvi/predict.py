@@ -33,7 +33,7 @@ from sar2ndvi.errors import InputError
 from sar2ndvi.patches import Augment, AugmentOps, PatchSpec
 from sar2ndvi.tiling import Block, halo, predict_block, predict_image
 
-__all__ = ["TTA_OPS", "ModelRunner", "predict", "predict_layers"]
+__all__ = ["TTA_OPS", "ModelRunner", "normalise_channels", "predict", "predict_layers"]
 
 #: Test-time augmentation: the identity and the flips (their physics: `patches.Augment`).
 TTA_OPS: tuple[AugmentOps, ...] = (
@@ -63,6 +63,13 @@ def _cached_model(path: str, stamp: tuple[int, int], device: str, sampling: bool
         if key not in _CACHE:
             _CACHE[key] = _dropout_mode(load_checkpoint(path).model(device), active=sampling)
         return _CACHE[key]
+
+
+def normalise_channels(x: np.ndarray, center: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """(..., C, H, W) physical features -> a network's inputs: centred and scaled per
+    channel as in training (``(x - center) / scale``), float32, no data (NaN, inf) -> 0."""
+    out = (x - center[:, None, None]) / scale[:, None, None]
+    return np.nan_to_num(out.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
 
 
 @dataclass(eq=False)
@@ -158,10 +165,8 @@ class ModelRunner:
         return state
 
     def normalise(self, x: np.ndarray) -> np.ndarray:
-        """(..., C, H, W) physical features -> the model's inputs: centred and scaled as in
-        training, float32, no data (NaN, inf) -> 0."""
-        out = (x - self.center[:, None, None]) / self.scale[:, None, None]
-        return np.nan_to_num(out.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+        """(..., C, H, W) physical features -> the model's inputs (`normalise_channels`)."""
+        return normalise_channels(x, self.center, self.scale)
 
     def _forward(self, net: nn.Module, x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
