@@ -564,6 +564,15 @@ def features(
 @click.option("--workers", type=int, default=None, help="Loader processes [default: cores/2].")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from last.pt.")
 @click.option("--overwrite", is_flag=True, help="Replace a finished run in --out.")
+@click.option(
+    "--storage-option",
+    "storage_options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    callback=_storage_options,
+    help="An fsspec/s3fs option for a FEATURES store at a URL (s3://...), repeatable; "
+    "never printed nor stored. The run's folder (--out) is local.",
+)
 def train(features_store: str, out: str, **options: Any) -> None:
     """Train the U-net on a feature store (spatially disjoint train/val/test blocks)."""
     _train(features_store, out, **options)
@@ -587,6 +596,7 @@ def _train(
     workers: int | None = None,
     resume: bool = False,
     overwrite: bool = False,
+    storage_options: dict[str, Any] | None = None,
 ) -> Any:
     from sar2ndvi.model import UNetConfig
     from sar2ndvi.patches import PatchSpec
@@ -610,7 +620,14 @@ def _train(
         f"{patch_size} px patches, {overlap} px overlap, up to {epochs} epochs",
         soft_wrap=True,
     )
-    result = run(features_store, out, config, resume=resume, overwrite=overwrite)
+    result = run(
+        features_store,
+        out,
+        config,
+        resume=resume,
+        overwrite=overwrite,
+        storage_options=storage_options or None,
+    )
     console.print(
         f"best epoch {result.best_epoch}: validation loss {result.best_val_loss:.4f}"
         f"{' (stopped early)' if result.stopped_early else ''}; weights in {result.checkpoint}",
@@ -627,6 +644,15 @@ def _train(
 @click.option("--no-baselines", is_flag=True, help="Score the U-net only.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--storage-option",
+    "storage_options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    callback=_storage_options,
+    help="An fsspec/s3fs option for a FEATURES store at a URL (s3://...), repeatable; "
+    "never printed nor stored. The report (--out) is local.",
+)
 def evaluate(
     model: str,
     features_store: str,
@@ -635,10 +661,18 @@ def evaluate(
     no_baselines: bool,
     device: str,
     seed: int,
+    storage_options: dict[str, Any],
 ) -> None:
     """Score a trained model on its test blocks against linear and random-forest baselines."""
     _evaluate(
-        model, features_store, out, tta=tta, baselines=not no_baselines, seed=seed, device=device
+        model,
+        features_store,
+        out,
+        tta=tta,
+        baselines=not no_baselines,
+        seed=seed,
+        device=device,
+        storage_options=storage_options,
     )
 
 
@@ -651,11 +685,13 @@ def _evaluate(
     baselines: bool = True,
     seed: int = 0,
     device: str = "cpu",
+    storage_options: dict[str, Any] | None = None,
 ) -> Any:
     from sar2ndvi import store
     from sar2ndvi.evaluate import BASELINES, write_report
     from sar2ndvi.evaluate import evaluate as run
 
+    so = storage_options or None
     result = run(
         model,
         features_store,
@@ -663,10 +699,11 @@ def _evaluate(
         baselines=BASELINES if baselines else (),
         seed=seed,
         device=device,
+        storage_options=so,
     )
     console.print(result.format(), highlight=False, soft_wrap=True)
     if out is not None:
-        crs = store.open(features_store)["/pre"].to_dataset().rio.crs
+        crs = store.open(features_store, storage_options=so)["/pre"].to_dataset().rio.crs
         write_report(result, out, crs=None if crs is None else crs.to_string())
         console.print(f"report: {out}/metrics.json, {out}/figure.png", soft_wrap=True)
     return result
@@ -703,8 +740,9 @@ def _predict(
     from sar2ndvi import store
     from sar2ndvi.publish import ITEM_FILE, write_prediction
 
-    if store.is_complete(out, storage_options=options.get("storage_options")) and not overwrite:
-        from sar2ndvi.publish import same_prediction
+    so = options.get("storage_options")
+    if store.is_complete(out, storage_options=so) and not overwrite:
+        from sar2ndvi.publish import ensure_item, same_prediction
 
         if not same_prediction(out, model, features_store, **options):
             raise OutputExistsError(
@@ -712,6 +750,10 @@ def _predict(
                 "pass --overwrite to replace it, or write to another --out"
             )
         console.print(f"{out} is complete already (same model and inputs): reused", soft_wrap=True)
+        # a run stopped between the store and its STAC item: write the item, from the store
+        item = ensure_item(out, storage_options=so)
+        if item is not None:
+            console.print(f"wrote its missing STAC item {item}", soft_wrap=True)
         return out
     console.print(
         f"predicting NDVI from {features_store} ({options.get('period', 'pre')}) with "
@@ -812,99 +854,10 @@ def _print_items(rows: list[tuple[str, Any]], title: str) -> None:
     console.print(table)
 
 
-@main.command()
-@click.option(
-    "--out",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("out/demo"),
-    show_default=True,
-    help="Working folder.",
-)
-@click.option(
-    "--epochs", type=int, default=DEMO_EPOCHS, show_default=True, help="Training epochs (at most)."
-)
-@click.option(
-    "--stop-after",
-    type=click.Choice(["features", "train", "predict"]),
-    default="predict",
-    show_default=True,
-    help="The last stage to run.",
-)
-@_demo_scene_options
-def demo(out: Path, overwrite: bool, epochs: int, stop_after: str, **scene_options: Any) -> None:
-    """The main job on the embedded default: simulate the study area, serve it as a STAC
-    API, search it, build its Sentinel-1/Sentinel-2/DEM cube into Zarr, compute the feature
-    stack and NDVI target, train the U-net on spatially disjoint blocks and score it on the
-    held-out block against pixel-wise baselines, and predict the post-event NDVI cube."""
-    from sar2ndvi.catalog import select_scenes
-    from sar2ndvi.synth.area import scene_recipe
-    from sar2ndvi.synth.scene import simulate as run
-    from sar2ndvi.synth.server import serve_scene
-
-    stages = 5 if stop_after == "features" else 7 if stop_after == "train" else 8
-    config = _config(**scene_options)
-    console.rule(f"[bold]1/{stages} simulate the study area")
-    start = time.perf_counter()
-    scene = run(config, out / "scene", overwrite=overwrite, progress=True)
-    _print_scene(scene, time.perf_counter() - start)
-    console.rule(f"[bold]2/{stages} serve it as a STAC API (rustac)")
-    with serve_scene(scene) as server:
-        console.print(f"STAC API at {server.url}")
-        console.rule(f"[bold]3/{stages} search: Sentinel-1 by orbit, Sentinel-2, DEM")
-        recipe = scene_recipe(scene, url=server.url, name="demo")
-        selection = select_scenes(recipe)
-        rows = selection.rows()
-        _print_items(rows, f"{len(rows)} scenes around the {config.event_date} event")
-    console.rule(f"[bold]4/{stages} build the cube on one 10 m grid and store it as Zarr")
-    start = time.perf_counter()
-    cube_path = str(out / "cube.zarr")
-    _build_selection(recipe, selection, cube_path, overwrite=overwrite)
-    console.print(f"cube stage: {time.perf_counter() - start:.1f} s", soft_wrap=True)
-    console.rule(f"[bold]5/{stages} features: the 9-channel stack and the NDVI target")
-    start = time.perf_counter()
-    features_path = str(out / "features.zarr")
-    _features(cube_path, features_path, overwrite=overwrite)
-    console.print(f"feature stage: {time.perf_counter() - start:.1f} s", soft_wrap=True)
-    done = [
-        f"scene in {scene.path} (truth layers in {scene.path / 'truth'})",
-        f"cube in {cube_path}",
-        f"features in {features_path}",
-    ]
-    if stop_after != "features":
-        model = out / "model"
-        console.rule(f"[bold]6/{stages} train the U-net (spatially disjoint blocks)")
-        start = time.perf_counter()
-        if (model / "checkpoint.pt").exists() and not overwrite:
-            console.print(f"{model} holds a trained model already: reused", soft_wrap=True)
-        else:
-            _train(features_path, str(model), epochs=epochs, overwrite=True)
-        console.print(f"training stage: {time.perf_counter() - start:.1f} s", soft_wrap=True)
-        console.rule(f"[bold]7/{stages} evaluate on the held-out block against baselines")
-        start = time.perf_counter()
-        _evaluate(str(model), features_path, str(out / "report"))
-        console.print(f"evaluation stage: {time.perf_counter() - start:.1f} s", soft_wrap=True)
-        done += [f"model in {model}", f"report in {out / 'report'}"]
-    if stop_after == "predict":
-        console.rule(f"[bold]8/{stages} predict the post-event NDVI cube, chunk by chunk")
-        start = time.perf_counter()
-        ndvi_path = _predict(
-            str(out / "model"),
-            features_path,
-            str(out / "ndvi-post.zarr"),
-            overwrite=overwrite,
-            period="post",
-        )
-        console.print(f"prediction stage: {time.perf_counter() - start:.1f} s", soft_wrap=True)
-        done.append(f"predicted NDVI in {ndvi_path}")
-    console.print(f"[green]done[/]: {'; '.join(done)}", soft_wrap=True)
-
-
-def _register_landslide_commands() -> None:
-    # the landslide commands live in their own module (cli.py holds the NDVI pipeline)
-    from sar2ndvi.cli_landslides import detect, evaluate_landslides
-
-    main.add_command(detect)
-    main.add_command(evaluate_landslides)
-
-
-_register_landslide_commands()
+# The landslide commands, the demo and the experiments live in their own modules, which
+# add themselves to `main` when imported. A plain `import` (not `from ... import`) here,
+# last, so that either side may be imported first: a module being imported is returned
+# as it is.
+import sar2ndvi.cli_demo  # noqa: E402
+import sar2ndvi.cli_experiment  # noqa: E402
+import sar2ndvi.cli_landslides  # noqa: E402

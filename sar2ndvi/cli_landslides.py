@@ -1,8 +1,15 @@
-"""The landslide commands of `sar2ndvi`: ``detect`` and ``evaluate-landslides``."""
+"""The landslide commands of `sar2ndvi`: ``detect`` and ``evaluate-landslides``.
+
+Both read their input stores (features, prediction, cube) from paths or fsspec URLs
+(``--storage-option``) and compute on the active Dask scheduler (``--scheduler``); what
+they write (``--out``) is a local folder. They add themselves to the `sar2ndvi`
+command group (`sar2ndvi.cli.main`) when this module is imported.
+"""
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -10,7 +17,25 @@ from typing import Any
 import click
 from rich.console import Console
 
+from sar2ndvi.cli import _compute_options, main
+
 console = Console(highlight=False)
+
+
+def _inputs(
+    features: str, prediction: str | None, cube: str | None, storage_options: dict | None
+) -> tuple[Any, Any, Any]:
+    """The input stores opened (lazily) with the command's fsspec options: features and
+    cube as DataTrees, the prediction as a Dataset (None where not given)."""
+    from sar2ndvi import store
+
+    so = storage_options or None
+    opened = store.open(features, storage_options=so)
+    ndvi = None if prediction is None else store.open(prediction, storage_options=so)
+    if ndvi is not None:
+        ndvi = ndvi.to_dataset()
+    tree = None if cube is None else store.open(cube, storage_options=so)
+    return opened, ndvi, tree
 
 
 def _settings(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[str, ...]:
@@ -27,7 +52,12 @@ def _settings(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple
 
 @click.command("detect")
 @click.argument("features_store", metavar="FEATURES")
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder.")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Output folder, local: landslides.zarr, landslides.gpkg, landslides.geojson.",
+)
 @click.option(
     "--method",
     type=click.Choice(["threshold", "unet"]),
@@ -45,8 +75,13 @@ def _settings(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple
 @click.option("--probability", type=float, default=0.5, show_default=True, help="U-net cut.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing landslides.zarr.")
+@_compute_options
 def detect(features_store: str, out: Path, **options: Any) -> None:
-    """Map landslides over the scene: a mask cube (Zarr) and polygons (GPKG, GeoJSON)."""
+    """Map landslides over the scene: a mask cube (Zarr) and polygons (GPKG, GeoJSON).
+
+    FEATURES, --prediction and --cube may be fsspec URLs (s3://..., with
+    --storage-option); the outputs go to the local folder --out.
+    """
     _detect(features_store, out, **options)
 
 
@@ -65,28 +100,42 @@ def _detect(
     probability: float = 0.5,
     device: str = "auto",
     overwrite: bool = False,
+    storage_options: dict | None = None,
 ) -> dict[str, Path]:
     from sar2ndvi.detect import detect_threshold, detect_unet, write_detection
     from sar2ndvi.errors import InputError
     from sar2ndvi.train import resolve_device
 
     start = time.perf_counter()
+    if method == "unet" and model is None:
+        raise InputError("--method unet needs --model (a segmentation checkpoint)")
+    features, ndvi, tree = _inputs(features_store, prediction, cube, storage_options)
+    from sar2ndvi import store
+    from sar2ndvi.errors import OutputExistsError
+
+    if store.is_complete(str(Path(out) / "landslides.zarr")) and not overwrite:
+        # refuse before any prediction is computed
+        raise OutputExistsError(
+            f"{Path(out) / 'landslides.zarr'} is complete already; pass --overwrite to replace it"
+        )
+    scratch = Path(out) / ".probability-scratch.zarr"
     if method == "unet":
-        if model is None:
-            raise InputError("--method unet needs --model (a segmentation checkpoint)")
+        assert model is not None
+        Path(out).mkdir(parents=True, exist_ok=True)
         layers, inputs = detect_unet(
             model,
-            features_store,
-            prediction=prediction,
-            cube=cube,
+            features,
+            prediction=ndvi,
+            cube=tree,
             probability=probability,
             min_area=min_area,
             device=str(resolve_device(device)),
+            scratch=scratch,
         )
     else:
         layers, inputs = detect_threshold(
-            features_store,
-            prediction=prediction,
+            features,
+            prediction=ndvi,
             optical=optical,
             threshold=threshold,
             min_slope=min_slope,
@@ -95,7 +144,10 @@ def _detect(
         console.print(
             f"dNDVI threshold {layers.attrs['threshold']:.3f} on slopes >= {min_slope} deg"
         )
-    paths = write_detection(layers, inputs, out, overwrite=overwrite, progress=True)
+    try:
+        paths = write_detection(layers, inputs, out, overwrite=overwrite, progress=True)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     import geopandas as gpd
 
     frame = gpd.read_file(paths["gpkg"])
@@ -111,7 +163,12 @@ def _detect(
 @click.command("evaluate-landslides")
 @click.argument("features_store", metavar="FEATURES")
 @click.option("--inventory", required=True, help="Landslide polygons (GeoJSON, GPKG).")
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder.")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Output folder, local: inputs.zarr, models, metrics, map.",
+)
 @click.option("--prediction", default=None, help="Radar-derived post-event NDVI store.")
 @click.option("--cube", default=None, help="The cube store (post-event optical bands).")
 @click.option("--model", default=None, help="The NDVI model's run folder: its split is used.")
@@ -132,8 +189,13 @@ def _detect(
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--workers", type=int, default=None, help="Loader processes.")
+@_compute_options
 def evaluate_landslides(features_store: str, inventory: str, out: Path, **options: Any) -> None:
-    """Compare the segmentation U-net, CART and NDVI change over the input settings."""
+    """Compare the segmentation U-net, CART and NDVI change over the input settings.
+
+    FEATURES, --prediction and --cube may be fsspec URLs (s3://..., with
+    --storage-option); the outputs go to the local folder --out.
+    """
     _evaluate_landslides(features_store, inventory, out, **options)
 
 
@@ -156,6 +218,7 @@ def _evaluate_landslides(
     seed: int = 0,
     device: str = "auto",
     workers: int | None = None,
+    storage_options: dict | None = None,
 ) -> Any:
     from sar2ndvi import store
     from sar2ndvi.landslide_eval import evaluate_landslides as run
@@ -178,7 +241,8 @@ def _evaluate_landslides(
     if store.is_complete(inputs_path):
         console.print(f"reusing {inputs_path}")
     else:
-        inputs = landslide_inputs(features_store, layers, prediction=prediction, cube=cube)
+        features, ndvi, tree = _inputs(features_store, prediction, cube, storage_options)
+        inputs = landslide_inputs(features, layers, prediction=ndvi, cube=tree)
         labels = rasterize_inventory(inventory, inputs)
         console.print(f"writing the landslide layers {layers} to {inputs_path}", soft_wrap=True)
         write_inputs(
@@ -218,3 +282,7 @@ def _evaluate_landslides(
         soft_wrap=True,
     )
     return evaluation
+
+
+main.add_command(detect)
+main.add_command(evaluate_landslides)

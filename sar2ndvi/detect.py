@@ -16,6 +16,7 @@ slope and confidence (mean score), written as GeoPackage and GeoJSON.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -87,11 +88,19 @@ def detect_unet(
     min_area: float = 500.0,
     device: str = "cpu",
     batch_size: int = 16,
+    scratch: str | os.PathLike | None = None,
 ) -> tuple[xr.Dataset, xr.Dataset]:
     """Segmentation-U-net landslides: (layers, inputs) as `detect_threshold`.
 
     The checkpoint's metadata names the layers it was trained on; they are built from the
     given stores (`landslide_inputs`) and its probabilities predicted chunk by chunk.
+
+    Args:
+        scratch: a local Zarr path for the probabilities. Given, they are predicted once,
+            written there chunk by chunk and read back, so that labelling the objects
+            (which counts them, then labels each block through separately optimised
+            graphs) never reruns the network; the caller removes it afterwards. None keeps
+            everything lazy, at the price of a few more forward passes over the scene.
     """
     from sar2ndvi.predict import predict_layers
 
@@ -110,7 +119,13 @@ def detect_unet(
     prob = predict_layers(resolve(model), stack, device=device, batch_size=batch_size).isel(
         layer=0, drop=True
     )
-    prob = prob.where(stack.notnull().all("band"))
+    # keep the prediction's own (large) chunks: on finer chunks every slice of one
+    # prediction block would carry, and rerun, the whole block's forward passes once the
+    # labelling turns the blocks into separately optimised delayed objects
+    valid = stack.notnull().all("band").chunk(dict(zip(prob.dims, prob.data.chunks, strict=True)))
+    prob = prob.where(valid)
+    if scratch is not None:
+        prob = _stored(prob.astype(np.float32), scratch)
     label = objects(prob.data >= float(probability), prob, min_area)
     out = xr.Dataset(
         {
@@ -126,6 +141,35 @@ def detect_unet(
         },
     )
     return out, inputs[[change, "slope"]].rename({change: "dndvi"})
+
+
+def _stored(array: xr.DataArray, path: str | os.PathLike) -> xr.DataArray:
+    """`array` computed once into a scratch Zarr store at `path`, and read back lazily."""
+    bare = array.reset_coords(drop=True).drop_encoding()
+    bare.attrs = {}
+    bare.to_dataset(name="value").to_zarr(os.fspath(path), mode="w", consolidated=False)
+    stored = xr.open_zarr(os.fspath(path), consolidated=False)["value"]
+    return array.copy(data=stored.data)
+
+
+def _labelled_once(ds: xr.Dataset, scratch: Path) -> xr.Dataset:
+    """`ds` with ``score`` and ``label`` computed once, together, into a scratch Zarr store.
+
+    The labels come from a global step (connected components merged across chunks, then the
+    area filter's object sizes): written region by region, each region would rerun it, and
+    ``mask`` would rerun it again. One ``to_zarr`` computes the shared graph once; the
+    final store then copies the scratch chunks, and ``mask`` is derived from the stored
+    labels.
+    """
+    core = ds[["score", "label"]].reset_coords(drop=True).drop_encoding()
+    core.attrs = {}
+    core.to_zarr(scratch, mode="w", consolidated=False)
+    stored = xr.open_zarr(scratch, consolidated=False)
+    out = ds.copy()
+    for name in ("score", "label"):
+        out[name] = ds[name].copy(data=stored[name].data)
+    out["mask"] = ds["mask"].copy(data=(stored["label"].data > 0).astype(np.uint8))
+    return out
 
 
 def write_detection(
@@ -154,13 +198,23 @@ def write_detection(
     for name in ds.data_vars:
         if isinstance(ds[name].data, da.Array):
             ds[name] = ds[name].chunk({"y": 1024, "x": 1024})
-    store.write(
-        ds,
-        os.fspath(target),
-        overwrite=overwrite,
-        progress=progress,
-        attrs={**provenance, **(attrs or {})},
-    )
+    scratch = out / ".landslides-scratch.zarr"
+    if store.is_complete(os.fspath(target)) and not overwrite:
+        # let store.write refuse (or the caller decide) without computing anything
+        scratch = None
+    else:
+        ds = _labelled_once(ds, scratch)
+    try:
+        store.write(
+            ds,
+            os.fspath(target),
+            overwrite=overwrite,
+            progress=progress,
+            attrs={**provenance, **(attrs or {})},
+        )
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
     stored = store.open(os.fspath(target))
     stored = stored.to_dataset() if isinstance(stored, xr.DataTree) else stored
     stats = {"confidence": stored["score"]}

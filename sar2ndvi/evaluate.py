@@ -158,14 +158,23 @@ def pixel_sample(dataset: PatchDataset, budget: int, seed: int) -> tuple[np.ndar
     return np.concatenate(xs)[:budget], np.concatenate(ys)[:budget]
 
 
-def _fit_baselines(x: np.ndarray, y: np.ndarray, seed: int) -> dict[str, Any]:
+def _fit_baselines(
+    x: np.ndarray, y: np.ndarray, seed: int, names: Sequence[str] = BASELINES
+) -> dict[str, Any]:
+    """The baselines `names` fitted to (n, C) features `x` and (n,) targets `y` (only those:
+    the forest is most of an evaluation's time)."""
     from sklearn.ensemble import RandomForestRegressor
     from sklearn.linear_model import LinearRegression
 
-    forest = RandomForestRegressor(
-        n_estimators=100, min_samples_leaf=5, max_features=0.5, n_jobs=-1, random_state=seed
-    )
-    return {"linear": LinearRegression().fit(x, y), "random forest": forest.fit(x, y)}
+    fitted: dict[str, Any] = {}
+    if "linear" in names:
+        fitted["linear"] = LinearRegression().fit(x, y)
+    if "random forest" in names:
+        forest = RandomForestRegressor(
+            n_estimators=100, min_samples_leaf=5, max_features=0.5, n_jobs=-1, random_state=seed
+        )
+        fitted["random forest"] = forest.fit(x, y)
+    return fitted
 
 
 def _pooled(parts: Sequence[Mapping[str, float]]) -> dict[str, float]:
@@ -204,19 +213,21 @@ def evaluate(
     device: str = "cpu",
     tta: bool = False,
     seed: int = 0,
+    storage_options: dict | None = None,
 ) -> Evaluation:
     """Score the U-net and the baselines on the test pixels of the split.
 
     Args:
         model: a training folder or checkpoint file (its ``split.json`` is used), or a
             `Checkpoint` (then `split`, or the configuration it records).
-        features: the feature store the model was trained on.
+        features: the feature store the model was trained on (a path or an fsspec URL).
         split: override the split.
         baselines: any of "linear", "random forest".
         baseline_pixels: training pixels the baselines learn from (a random sample of the
             U-net's training patches' valid pixels).
         batch_size, device, tta: passed to `sar2ndvi.predict.predict`.
         seed: seed of the baselines' pixel sample and forest.
+        storage_options: fsspec options for a feature store at a URL.
 
     Returns:
         The `Evaluation`; ``format()`` gives the printed table.
@@ -229,7 +240,7 @@ def evaluate(
     meta = checkpoint.metadata
     period = meta.get("period", "pre")
     features = os.fspath(features)
-    tree = store.open(features)
+    tree = store.open(features, storage_options=storage_options)
     group = tree[f"/{period}"].to_dataset()
     if (group.sizes["y"], group.sizes["x"]) != tuple(split.shape):
         raise InputError(
@@ -245,11 +256,17 @@ def evaluate(
         spec = PatchSpec.from_dict(meta["patch"])
         cfg = meta.get("train_config", {})
         origins = select_patches(
-            features, period, split.patches("train"), spec, min_valid=cfg.get("min_valid", 0.5)
+            tree,
+            period,
+            split.patches("train"),
+            spec,
+            min_valid=cfg.get("min_valid", 0.5),
         )
-        train_set = PatchDataset(features, origins, spec, group=period)
+        train_set = PatchDataset(
+            features, origins, spec, group=period, storage_options=storage_options
+        )
         x, y = pixel_sample(train_set, baseline_pixels, seed)
-        fitted = {k: v for k, v in _fit_baselines(x, y, seed).items() if k in baselines}
+        fitted = _fit_baselines(x, y, seed, baselines)
 
     parts: dict[str, list[dict[str, float]]] = {UNET: [], **{k: [] for k in fitted}}
     areas = held_out_areas(split)
@@ -281,10 +298,8 @@ def write_figure(
 ) -> Path:
     """The paper's Figure 2 for the largest test area: ground truth, prediction and
     absolute error, with colour bars and map coordinates (km)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # a bare Figure, not pyplot: no global backend switch, nothing left open in a notebook
+    from matplotlib.figure import Figure
 
     truth, pred = evaluation.truth, evaluation.prediction
     x, y = truth["x"].values / 1000.0, truth["y"].values / 1000.0
@@ -292,7 +307,8 @@ def write_figure(
     dy = float(y[1] - y[0]) if len(y) > 1 else -0.01
     extent = (x[0] - dx / 2, x[-1] + dx / 2, y[-1] + dy / 2, y[0] - dy / 2)
     error = np.abs(pred - truth)
-    fig, axes = plt.subplots(1, 3, figsize=(15, 5), constrained_layout=True)
+    fig = Figure(figsize=(15, 5), layout="constrained")
+    axes = fig.subplots(1, 3)
     panels = [
         (truth, "Sentinel-2 NDVI (ground truth)", "RdYlGn", (-0.2, 1.0)),
         (pred, "Predicted NDVI (U-net, from Sentinel-1)", "RdYlGn", (-0.2, 1.0)),
@@ -315,7 +331,6 @@ def write_figure(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 

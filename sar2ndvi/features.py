@@ -609,13 +609,17 @@ def normalisation_stats(
     bounds = np.array([known.get(b, (-1e3, 1e3)) for b in bands], dtype=np.float64)
     # whole band extent per tile: the upstream work of a pixel block is done once
     data = _dask(values.transpose("band", "y", "x")).rechunk({0: -1})
+    # pure: task names from the inputs' tokens, the same every time the graph is built (an
+    # impure delayed call gets a random name); not optimised apart from the rest of the
+    # graph, whose fused copy would hold tasks of the same name with other dependencies
+    histograms = dask.delayed(_tile_histograms, pure=True)
     tiles = [
         da.from_delayed(
-            dask.delayed(_tile_histograms)(t, bounds, HISTOGRAM_BINS),
+            histograms(t, bounds, HISTOGRAM_BINS),
             shape=(len(bands), HISTOGRAM_BINS),
             dtype=np.float64,
         )
-        for t in data.to_delayed().ravel()
+        for t in data.to_delayed(optimize_graph=False).ravel()
     ]
     counts = da.stack(tiles).sum(axis=0)  # a tree reduction: partial sums, nothing held
     moments = counts.map_blocks(

@@ -275,10 +275,8 @@ def write_landslide_figure(
 ) -> Path:
     """The map overlay of one setting on the largest test area: post-event NDVI (radar-
     derived when stored), inventory outlines and each method's predicted outlines."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # a bare Figure, not pyplot: no global backend switch, nothing left open in a notebook
+    from matplotlib.figure import Figure
 
     shown = evaluation.shown
     methods = [m for m in METHODS if (setting_key, m) in shown.get("predicted", {})]
@@ -288,9 +286,8 @@ def write_landslide_figure(
     name = "radar_ndvi" if "radar_ndvi" in background else next(iter(background), None)
     x, y = shown["x"] / 1000.0, shown["y"] / 1000.0
     extent = (x[0], x[-1], y[-1], y[0])
-    fig, axes = plt.subplots(
-        1, len(methods), figsize=(5 * len(methods), 5.4), squeeze=False, layout="constrained"
-    )
+    fig = Figure(figsize=(5 * len(methods), 5.4), layout="constrained")
+    axes = fig.subplots(1, len(methods), squeeze=False)
     for ax, method in zip(axes[0], methods, strict=True):
         if name is not None:
             image = ax.imshow(
@@ -322,7 +319,6 @@ def write_landslide_figure(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 

@@ -470,8 +470,10 @@ def write_inputs(
     overwrite: bool = False,
     progress: bool = False,
     attrs: Mapping[str, Any] | None = None,
+    storage_options: dict | None = None,
 ) -> str:
-    """Store the layers (and labels) in the layout `PatchDataset` reads.
+    """Store the layers (and labels) in the layout `PatchDataset` reads, at `out`: a path
+    or an fsspec URL (``s3://...``, with fsspec's `storage_options`).
 
     Layout: ``/inputs`` with ``features`` (band, y, x) float32, ``target`` (y, x) float32
     (1 inside an inventory landslide, 0 outside, NaN without an inventory), ``gaps`` (y, x)
@@ -501,7 +503,14 @@ def write_inputs(
     tree = xr.DataTree.from_dict(
         {"/": xr.Dataset(), f"/{INPUT_GROUP}": group, "/normalisation": stats}
     )
-    store.write(tree, os.fspath(out), overwrite=overwrite, progress=progress, attrs=attrs)
+    store.write(
+        tree,
+        os.fspath(out),
+        overwrite=overwrite,
+        progress=progress,
+        attrs=attrs,
+        storage_options=storage_options,
+    )
     return os.fspath(out)
 
 

@@ -213,8 +213,11 @@ def valid_pixels(ds: xr.Dataset) -> xr.DataArray:
     return ds["features"].notnull().all("band") & ds["target"].notnull() & (ds["gaps"] == 0)
 
 
-def _group_dataset(store_or_ds: Any, group: str) -> xr.Dataset:
-    """The Dataset of `group` from a store path, a DataTree, or a Dataset (returned as is)."""
+def _group_dataset(
+    store_or_ds: Any, group: str, storage_options: Mapping[str, Any] | None = None
+) -> xr.Dataset:
+    """The Dataset of `group` from a store path or URL (opened with `storage_options`), a
+    DataTree, or a Dataset (returned as is)."""
     if isinstance(store_or_ds, xr.Dataset):
         return store_or_ds
     if isinstance(store_or_ds, xr.DataTree):
@@ -224,7 +227,9 @@ def _group_dataset(store_or_ds: Any, group: str) -> xr.Dataset:
     if isinstance(store_or_ds, str | os.PathLike):
         from sar2ndvi import store
 
-        opened = store.open(store_or_ds, group=group)
+        opened = store.open(
+            store_or_ds, group=group, storage_options=dict(storage_options or {}) or None
+        )
         assert isinstance(opened, xr.Dataset)
         return opened
     raise InputError(
@@ -237,6 +242,8 @@ def patch_validity(
     group: str,
     origins: np.ndarray,
     spec: PatchSpec,
+    *,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> np.ndarray:
     """The fraction of valid pixels (see `valid_pixels`) in each patch.
 
@@ -251,11 +258,12 @@ def patch_validity(
         group: the group ("pre" or "post"); ignored for a Dataset.
         origins: (n, 2) patch origins on the stride lattice (multiples of the stride).
         spec: the patch size and overlap.
+        storage_options: fsspec options for a store URL (``s3://...``).
 
     Returns:
         (n,) float64 valid fractions in [0, 1].
     """
-    ds = _group_dataset(store_or_ds, group)
+    ds = _group_dataset(store_or_ds, group, storage_options)
     shape = (ds.sizes["y"], ds.sizes["x"])
     origins = _check_origins(origins, spec, shape)
     g = spec.cell
@@ -290,13 +298,15 @@ def select_patches(
     spec: PatchSpec,
     *,
     min_valid: float = 0.5,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> np.ndarray:
     """The origins whose patch has a valid fraction >= `min_valid` (cloudy, gappy or
-    edge-of-swath patches dropped), in their given order."""
+    edge-of-swath patches dropped), in their given order; `storage_options` are fsspec's
+    for a store URL."""
     if not 0.0 <= float(min_valid) <= 1.0:
         raise InputError(f"min_valid must be a fraction in [0, 1], got {min_valid!r}")
     origins = np.asarray(origins)
-    fractions = patch_validity(store_or_ds, group, origins, spec)
+    fractions = patch_validity(store_or_ds, group, origins, spec, storage_options=storage_options)
     return _check_origins(origins, spec, None)[fractions >= min_valid]
 
 

@@ -32,7 +32,15 @@ from sar2ndvi.checkpoint import Checkpoint, load_checkpoint, resolve, weights_di
 from sar2ndvi.errors import InputError
 from sar2ndvi.predict import ModelRunner, predict_layers
 
-__all__ = ["ITEM_FILE", "prediction_dataset", "stac_item", "write_prediction"]
+__all__ = [
+    "ITEM_FILE",
+    "ensure_item",
+    "has_item",
+    "prediction_dataset",
+    "stac_item",
+    "write_item",
+    "write_prediction",
+]
 
 #: The STAC item written inside the output store's folder.
 ITEM_FILE = "item.json"
@@ -265,7 +273,13 @@ def stac_item(url: str, ds: xr.Dataset) -> dict[str, Any]:
             ),
         }
     )
-    variables = [str(v) for v in ds.data_vars]
+    # the layers first, then the rest by name: the same list for the lazy dataset and for
+    # the stored one (which lists its variables in another order)
+    first = ("ndvi", "uncertainty")
+    variables = sorted(
+        (str(v) for v in ds.data_vars),
+        key=lambda v: (first.index(v) if v in first else len(first), v),
+    )
     item.add_asset(
         "ndvi",
         pystac.Asset(
@@ -283,11 +297,59 @@ def stac_item(url: str, ds: xr.Dataset) -> dict[str, Any]:
 
 
 def write_item(url: str, ds: xr.Dataset, storage_options: dict | None = None) -> str:
-    """Write `stac_item` into the store's folder as ``item.json``; return its path."""
+    """Write `stac_item` into the store's folder as ``item.json``, atomically; return its
+    path.
+
+    A reader never sees half an item: on a local disk it is written to a temporary file
+    beside it and renamed; on object storage it is one PUT (atomic by itself).
+    """
+    import fsspec
+    from fsspec.implementations.local import LocalFileSystem
+
+    blob = json.dumps(stac_item(url, ds), indent=1).encode()
+    path = url.rstrip("/") + "/" + ITEM_FILE
+    fs, fs_path = fsspec.core.url_to_fs(path, **(storage_options or {}))
+    if not isinstance(fs, LocalFileSystem):
+        fs.pipe_file(fs_path, blob)
+        return path
+    tmp = f"{fs_path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, fs_path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def has_item(out: str | os.PathLike, storage_options: dict | None = None) -> bool:
+    """Whether the prediction store `out` holds a readable ``item.json`` (a JSON object)."""
     import fsspec
 
-    item = stac_item(url, ds)
-    path = url.rstrip("/") + "/" + ITEM_FILE
-    with fsspec.open(path, "w", **(storage_options or {})) as f:
-        json.dump(item, f, indent=1)
-    return path
+    path = _absolute(os.fspath(out)).rstrip("/") + "/" + ITEM_FILE
+    fs, fs_path = fsspec.core.url_to_fs(path, **(storage_options or {}))
+    try:
+        item = json.loads(fs.cat_file(fs_path))
+    except (FileNotFoundError, ValueError, OSError):
+        return False
+    return isinstance(item, dict) and "id" in item
+
+
+def ensure_item(out: str | os.PathLike, storage_options: dict | None = None) -> str | None:
+    """Write the STAC item of the complete prediction store `out` when it has none (a
+    `write_prediction` stopped after the store and before the item); return its path, or
+    None when there was one already. The item is made from the stored cube and its
+    attributes: nothing is predicted again.
+
+    Raises:
+        IncompleteStoreError: `out` is not a complete store.
+    """
+    if has_item(out, storage_options):
+        return None
+    url = _absolute(os.fspath(out))
+    stored = store.open(url, storage_options=storage_options)
+    ds = stored.to_dataset() if isinstance(stored, xr.DataTree) else stored
+    return write_item(url, ds, storage_options=storage_options)

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 
+from sar2ndvi import store
 from sar2ndvi.checkpoint import BEST, Checkpoint, save_checkpoint
 from sar2ndvi.errors import InputError
 from sar2ndvi.landslides import INPUT_GROUP, Setting
@@ -55,6 +56,8 @@ __all__ = [
 #: would otherwise weigh its few positive pixels by thousands).
 MAX_POS_WEIGHT = 20.0
 METRICS_FILE = "metrics.csv"
+#: Written last by a run that ran to its end: what it was trained on, and how it went.
+FINISHED_FILE = "finished.json"
 
 
 @dataclass(frozen=True)
@@ -245,6 +248,13 @@ def train_segmentation(
     inputs, out = os.fspath(inputs), Path(out)
     if split.spec != config.patch:
         raise InputError(f"the split is for {split.spec} patches but the config has {config.patch}")
+    identity = _run_identity(inputs, setting, split, config)
+    finished = _finished_run(out, identity)
+    if finished is not None:
+        if progress:
+            print(f"  setting {setting.key}: {out} holds this finished run: reused", flush=True)
+        return finished
+    (out / FINISHED_FILE).unlink(missing_ok=True)
     origins = {
         role: select_patches(
             inputs, INPUT_GROUP, split.patches(role), config.patch, min_valid=config.min_valid
@@ -349,7 +359,60 @@ def train_segmentation(
             )
         if bad >= config.patience:
             break
-    return SegmentResult(out, setting.key, best_epoch + 1, best_val, history, pos_weight)
+    result = SegmentResult(out, setting.key, best_epoch + 1, best_val, history, pos_weight)
+    _write_finished(out, identity, result)
+    return result
+
+
+def _run_identity(
+    inputs: str, setting: Setting, split: Split, config: SegmentConfig
+) -> dict[str, Any]:
+    """What makes two runs the same: the input store's content fingerprint, the setting,
+    the split and the training settings."""
+    attrs = store.open(inputs).attrs
+    return {
+        "inputs": os.path.abspath(inputs),
+        "inputs_fingerprint": attrs.get(store.FINGERPRINT_ATTR),
+        "setting": setting.key,
+        "split": split.to_dict(),
+        "segment_config": config.to_dict(),
+    }
+
+
+def _finished_run(out: Path, identity: dict[str, Any]) -> SegmentResult | None:
+    """The finished run in `out` when it was made from the same `identity`, else None."""
+    path = out / FINISHED_FILE
+    if not path.is_file() or not (out / BEST).is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    # JSON turns tuples into lists: compare through the same round trip
+    if record.get("identity") != json.loads(json.dumps(identity)):
+        return None
+    return SegmentResult(
+        out,
+        record["setting"],
+        record["best_epoch"],
+        record["best_val_loss"],
+        record["history"],
+        record["pos_weight"],
+    )
+
+
+def _write_finished(out: Path, identity: dict[str, Any], result: SegmentResult) -> None:
+    record = {
+        "identity": identity,
+        "setting": result.setting,
+        "best_epoch": result.best_epoch,
+        "best_val_loss": result.best_val_loss,
+        "history": result.history,
+        "pos_weight": result.pos_weight,
+    }
+    tmp = out / (FINISHED_FILE + ".tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    os.replace(tmp, out / FINISHED_FILE)
 
 
 def _write_history(path: Path, history: list[dict[str, float]]) -> None:

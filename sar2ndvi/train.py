@@ -155,9 +155,12 @@ def resolve_device(device: str) -> torch.device:
     return resolved
 
 
-def store_metadata(features: str | os.PathLike, period: str) -> dict[str, Any]:
-    """What a checkpoint records about the feature store it was trained on."""
-    tree = store.open(features)
+def store_metadata(
+    features: str | os.PathLike, period: str, storage_options: dict | None = None
+) -> dict[str, Any]:
+    """What a checkpoint records about the feature store it was trained on (a path, or a
+    URL opened with fsspec's `storage_options`, recorded without credentials)."""
+    tree = store.open(features, storage_options=storage_options)
     if period not in tree.children:
         raise InputError(f"{features}: the feature store has no /{period} group")
     if "normalisation" not in tree.children:
@@ -177,7 +180,7 @@ def store_metadata(features: str | os.PathLike, period: str) -> dict[str, Any]:
             "center": [float(v) for v in norm["center"].values],
             "scale": [float(v) for v in norm["scale"].values],
         },
-        "feature_store": os.fspath(features),
+        "feature_store": store.scrub_secrets(os.fspath(features)),
         "feature_fingerprint": attrs.get(store.FINGERPRINT_ATTR),
         "shape": [int(tree[f"/{period}"].sizes["y"]), int(tree[f"/{period}"].sizes["x"])],
         "period": period,
@@ -261,9 +264,16 @@ def _prepare_split(out: Path, shape: tuple[int, int], config: TrainConfig, resum
     return split
 
 
-def _patches(features: str, split: Split, role: str, config: TrainConfig) -> np.ndarray:
+def _patches(
+    features: str, split: Split, role: str, config: TrainConfig, storage_options: dict | None
+) -> np.ndarray:
     origins = select_patches(
-        features, config.period, split.patches(role), config.patch, min_valid=config.min_valid
+        features,
+        config.period,
+        split.patches(role),
+        config.patch,
+        min_valid=config.min_valid,
+        storage_options=storage_options,
     )
     if len(origins) == 0:
         raise InputError(
@@ -282,16 +292,20 @@ def train(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    storage_options: dict | None = None,
 ) -> TrainResult:
     """Train the U-net on a feature store and write the run's folder (see the module doc).
 
     Args:
-        features: a feature store from `sar2ndvi.features.write_features`.
-        out: the output folder.
+        features: a feature store from `sar2ndvi.features.write_features`: a path or an
+            fsspec URL (``s3://...``).
+        out: the output folder (local: checkpoints, split and metrics).
         config: the run's settings (default: `TrainConfig()`).
         resume: continue from ``out/last.pt`` (same configuration required).
         overwrite: replace a finished run in `out`.
         progress: show a progress bar with the running loss.
+        storage_options: fsspec options for a feature store at a URL (credentials,
+            endpoint); they travel to the loader processes, and are never recorded.
 
     Raises:
         InputError: no usable patches, a bad configuration, or `out` holds another run.
@@ -301,7 +315,8 @@ def train(
     config = config or TrainConfig()
     features = os.fspath(features)
     out = Path(out)
-    meta = store_metadata(features, config.period)
+    so = storage_options
+    meta = store_metadata(features, config.period, so)
     bands = meta["normalisation"]["band"]
     config = replace(config, model=replace(config.model, in_channels=len(bands)))
     if config.patch.size % config.model.multiple:
@@ -318,8 +333,8 @@ def train(
     device = resolve_device(config.device)
     shape = (int(meta["shape"][0]), int(meta["shape"][1]))
     split = _prepare_split(out, shape, config, resume)
-    train_origins = _patches(features, split, "train", config)
-    val_origins = _patches(features, split, "val", config)
+    train_origins = _patches(features, split, "train", config, so)
+    val_origins = _patches(features, split, "val", config, so)
 
     torch.manual_seed(config.seed)
     model = UNet(config.model).to(device, memory_format=torch.channels_last)
@@ -337,8 +352,11 @@ def train(
         group=config.period,
         augment=config.augment,
         seed=config.seed,
+        storage_options=so,
     )
-    val_set = PatchDataset(features, val_origins, config.patch, group=config.period)
+    val_set = PatchDataset(
+        features, val_origins, config.patch, group=config.period, storage_options=so
+    )
     train_loader = make_loader(
         train_set,
         config.batch_size,

@@ -296,40 +296,66 @@ y = 64
 
 # --- processes killed at a chosen moment ---------------------------------------------------
 
-#: Runs the `sar2ndvi` command (argv[3:]) with `store._write_region` wrapped: after the n-th
+#: Runs the `sar2ndvi` command (argv[3:]) and stalls it at a chosen moment, for the test to
+#: SIGKILL it there: argv[2] = n (an int) wraps `store._write_region` so that after the n-th
 #: region's chunks are written, and before its done marker is, it touches the file argv[1]
-#: and sleeps, for the test to SIGKILL it there (n = argv[2]; 0 runs to the end).
+#: and sleeps (0 runs to the end); argv[2] = "module:function" does the same just before
+#: that function is called (e.g. "sar2ndvi.publish:write_item").
 KILLABLE_CLI = """
-import sys, time
+import importlib, sys, time
 from pathlib import Path
 from sar2ndvi import store
 from sar2ndvi.cli import main
 
-ready, after = Path(sys.argv[1]), int(sys.argv[2])
-real = store._write_region
-calls = 0
+ready, when = Path(sys.argv[1]), sys.argv[2]
 
-def write_region(sources, targets, region):
-    global calls
-    real(sources, targets, region)
-    calls += 1
-    if calls == after:
-        ready.write_text(str(calls))
-        time.sleep(600)
+def stall(what):
+    ready.write_text(what)
+    time.sleep(600)
 
-store._write_region = write_region
+if ":" in when:
+    module, name = when.split(":")
+    module = importlib.import_module(module)
+    real = getattr(module, name)
+
+    def before(*args, **kwargs):
+        stall(when)
+        return real(*args, **kwargs)
+
+    setattr(module, name, before)
+else:
+    after, real, calls = int(when), store._write_region, 0
+
+    def write_region(sources, targets, region):
+        global calls
+        real(sources, targets, region)
+        calls += 1
+        if calls == after:
+            stall(str(calls))
+
+    store._write_region = write_region
 sys.argv = ["sar2ndvi", *sys.argv[3:]]
 main()
 """
 
 
-def run_cli(args: list[str], *, cwd: Path, kill_after: int = 0, timeout: float = 300) -> str:
+def run_cli(
+    args: list[str],
+    *,
+    cwd: Path,
+    kill_after: int = 0,
+    kill_before: str | None = None,
+    timeout: float = 300,
+) -> str:
     """Run `sar2ndvi ARGS` in a child process; with `kill_after` n > 0, SIGKILL it once the
-    n-th region is written and not yet marked done. Returns its output; raises
-    AssertionError when it fails (or, with `kill_after`, when it ends by itself)."""
+    n-th region is written and not yet marked done; with `kill_before` "module:function",
+    SIGKILL it just before that function is called. Returns its output; raises
+    AssertionError when it fails (or, when it is to be killed, when it ends by itself)."""
     stem = Path(cwd) / f".child-{os.getpid()}-{time.monotonic_ns()}"
     ready, log = stem.with_suffix(".ready"), stem.with_suffix(".log")
-    command = [sys.executable, "-c", KILLABLE_CLI, str(ready), str(kill_after), *args]
+    when = kill_before or str(kill_after)
+    killing = bool(kill_before or kill_after)
+    command = [sys.executable, "-c", KILLABLE_CLI, str(ready), when, *args]
     # the child imports this checkout's package, as the tests do (pythonpath = ".")
     repo = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")])}
@@ -341,16 +367,16 @@ def run_cli(args: list[str], *, cwd: Path, kill_after: int = 0, timeout: float =
             ) as child,
         ):
             deadline = time.monotonic() + timeout
-            while not (kill_after and ready.exists()) and child.poll() is None:
+            while not (killing and ready.exists()) and child.poll() is None:
                 if time.monotonic() > deadline:
                     child.kill()
                     raise AssertionError(f"{args} still running after {timeout} s")
                 time.sleep(0.02)
-            if kill_after and ready.exists():
+            if killing and ready.exists():
                 child.send_signal(signal.SIGKILL)
             child.wait(timeout=60)
         output = log.read_text()
-        if kill_after:
+        if killing:
             assert child.returncode == -signal.SIGKILL, (child.returncode, output)
         else:
             assert child.returncode == 0, output
@@ -361,13 +387,14 @@ def run_cli(args: list[str], *, cwd: Path, kill_after: int = 0, timeout: float =
 
 
 class DieOnce(WorkerPlugin):
-    """A dask.distributed worker plugin: the first worker to start its `n`-th task kills
+    """A dask.distributed worker plugin: the first worker to start its `n`-th task (of those
+    whose name starts with `prefix`, e.g. "store-map" for the tasks that write chunks) kills
     its own process (os._exit, as a crash or the OOM killer would), once per `flag` file."""
 
     name = "sar2ndvi-die-once"
 
-    def __init__(self, flag: str, n: int):
-        self.flag, self.n, self.started = flag, n, 0
+    def __init__(self, flag: str, n: int, prefix: str = ""):
+        self.flag, self.n, self.prefix, self.started = flag, n, prefix, 0
 
     def setup(self, worker: Any) -> None:
         self.started = 0
@@ -375,6 +402,11 @@ class DieOnce(WorkerPlugin):
     def transition(self, key: Any, start: str, finish: str, **kwargs: Any) -> None:
         if finish != "executing":
             return
+        if self.prefix:
+            from dask.utils import key_split
+
+            if not key_split(key).startswith(self.prefix):
+                return
         self.started += 1
         if self.started != self.n:
             return

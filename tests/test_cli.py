@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
+import pytest
 from click.testing import CliRunner
 
 import sar2ndvi
 from sar2ndvi.cli import main
+from sar2ndvi.cli_demo import STAGES
 
 
 def test_version_from_the_installed_console_script():
@@ -105,6 +108,43 @@ def test_demo_end_to_end(tmp_path):
     assert again.exit_code == 0, again.output
 
 
+@pytest.mark.slow
+def test_demo_runs_every_stage_then_reuses_them(tmp_path):
+    """The README's first command, small: all 11 stages, the report, then a re-run that
+    reuses every product."""
+    args = ["demo", "--out", str(tmp_path / "demo"), "--size", "320", "--epochs", "1",
+            "--patch-size", "64", "--landslide-epochs", "1"]  # fmt: skip
+    result = CliRunner(env={"COLUMNS": "240"}).invoke(main, args)
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "demo"
+    for stage in range(1, 12):
+        assert f"{stage}/11 " in result.output
+    page = (out / "report" / "index.html").read_text()
+    metrics = json.loads((out / "ndvi-evaluation" / "metrics.json").read_text())["metrics"]
+    rmse = metrics["U-net"]["rmse"]
+    assert f"{rmse:.4f}" in page  # the NDVI table
+    rows = json.loads((out / "landslides" / "landslide-metrics.json").read_text())["rows"]
+    assert {r["setting"] for r in rows} == {"1", "2", "3", "4", "5"}
+    assert f"{rows[0]['mcc']:.3f}" in page  # the landslide table
+    for png in ("figure.png", "ndvi-training.png", "landslide-map.png", "landslide-training.png"):
+        assert (out / "report" / png).stat().st_size > 10_000, png
+        assert f'src="{png}"' in page
+    assert (out / "landslide-map" / "landslides.gpkg").is_file()
+    times = json.loads((out / "stage-times.json").read_text())
+    assert [t["name"] for t in times] == list(STAGES)
+    # a second run recomputes nothing: every product stage says it was reused
+    again = CliRunner(env={"COLUMNS": "240"}).invoke(main, args)
+    assert again.exit_code == 0, again.output
+    for stage in ("cube", "features", "train", "evaluate", "predict", "landslides", "map"):
+        assert f"{stage} stage: " in again.output
+        line = next(x for x in again.output.splitlines() if x.startswith(f"{stage} stage: "))
+        assert line.endswith("(reused)"), line
+    rerun = {t["name"]: t for t in json.loads((out / "stage-times.json").read_text())}
+    # reused stages keep the seconds of the run that computed them
+    assert rerun["train"]["reused"]
+    assert rerun["train"]["seconds"] == next(t for t in times if t["name"] == "train")["seconds"]
+
+
 def _recipe_file(tmp_path, scene, api_url):
     """The test scene's recipe as a TOML file, pointing at the served API."""
     from sar2ndvi.synth.area import scene_recipe
@@ -163,3 +203,15 @@ def test_build_with_a_broken_recipe_names_the_field(tmp_path):
     assert result.exit_code == 2
     assert "bad.toml: area.bbox" in result.output
     assert not (tmp_path / "c.zarr").exists()
+
+
+@pytest.mark.parametrize(
+    "module", ["sar2ndvi.cli_demo", "sar2ndvi.cli_landslides", "sar2ndvi.cli_experiment"]
+)
+def test_command_modules_import_in_any_order(module):
+    """A command module imported before `sar2ndvi.cli` still ends up in the group."""
+    code = f"import {module}\nfrom sar2ndvi.cli import main\nprint(sorted(main.commands))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    for name in ("demo", "detect", "evaluate-landslides", "experiment", "train"):
+        assert f"'{name}'" in result.stdout

@@ -1,14 +1,17 @@
 """dask.distributed: a LocalCluster of worker processes writes the same bytes as threads.
 
-The build (cube store), the feature store (through the CLI's ``--scheduler``) and the
-prediction store are written once with Dask's threaded scheduler and once on a
-two-process LocalCluster, and compared file by file. `tests/test_publish.py` already
-checks the lazy `predict` array on a cluster; here it is the whole prediction store.
+The build (cube store), the feature store (through the CLI's ``--scheduler``), the
+prediction store and the landslide input store are written once with Dask's threaded
+scheduler and once on a two-process LocalCluster, and compared file by file.
+`tests/test_publish.py` already checks the lazy `predict` array on a cluster; here it is
+the whole prediction store. Last, a worker process dies in the middle of a feature store
+write, and the store is still the threaded one, byte for byte.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 import socket
 from pathlib import Path
@@ -25,10 +28,12 @@ from sar2ndvi.cli import main
 from sar2ndvi.compute import SCHEDULER_ENV, SchedulerError, active_client, compute_context
 from sar2ndvi.cube import build_cube
 from sar2ndvi.features import PAPER_CHANNELS, FeatureSpec, write_features
+from sar2ndvi.landslides import landslide_inputs, rasterize_inventory, write_inputs
 from sar2ndvi.model import UNet, UNetConfig
 from sar2ndvi.patches import PatchSpec
 from sar2ndvi.publish import ITEM_FILE, write_prediction
 from sar2ndvi.synth.area import scene_recipe
+from tests.faults_support import DieOnce
 from tests.support import write_learnable_store
 
 distributed = pytest.importorskip("distributed")
@@ -188,3 +193,55 @@ def test_an_unreachable_scheduler_is_named(tmp_path):
     assert result.exit_code == 2
     assert f"cannot reach the Dask scheduler at {address}" in result.output
     assert active_client() is None
+
+
+def test_landslide_layers_on_a_cluster_write_the_threaded_bytes(threaded, cluster, scene, tmp_path):
+    _, _, cube, features = threaded
+    layers = ["dndvi", "pre_vv", "post_vv", "post_vh", "slope", "post_B04", "post_B08"]
+
+    def write(out: Path) -> Path:
+        inputs = landslide_inputs(store.open(features), layers, cube=store.open(cube))
+        labels = rasterize_inventory(scene.truth("landslides.geojson"), inputs)
+        return Path(write_inputs(inputs, out, labels=labels))
+
+    a = write(tmp_path / "threads" / "inputs.zarr")
+    with distributed.Client(cluster) as client:
+        b = write(tmp_path / "cluster" / "inputs.zarr")
+        ran = client.run_on_scheduler(lambda dask_scheduler: sorted(dask_scheduler.task_prefixes))
+    # the inventory was burnt, the statistics made and the chunks stored by the workers
+    assert {"rasterize_block", "band_moments", "store-map"} <= set(ran)
+    assert_same_files(a, b)
+    stored = store.open(b)["/inputs"].to_dataset()
+    assert [str(v) for v in stored["band"].values] == layers
+    assert 0 < int(stored["target"].sum()) < stored["target"].size  # landslides were burnt
+
+
+def test_a_worker_lost_while_writing_features_changes_no_byte(threaded, cluster, tmp_path):
+    _, _, cube, features = threaded
+    out = tmp_path / "features.zarr"
+    flag = tmp_path / "a-worker-died"
+    warnings: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: warnings.append(record.getMessage())  # type: ignore[method-assign]
+    scheduler_log = logging.getLogger("distributed.scheduler")
+    scheduler_log.addHandler(handler)
+    try:
+        with distributed.Client(cluster) as client:
+            before = set(client.scheduler_info()["workers"])
+            # the first worker to start its 3rd chunk write exits on the spot (os._exit)
+            client.register_plugin(DieOnce(str(flag), 3, prefix="store-map"))
+            try:
+                write_features(store.open(cube), str(out), FeatureSpec(), progress=False)
+            finally:
+                client.unregister_worker_plugin(DieOnce.name)
+            client.wait_for_workers(2, timeout=60)  # the nanny's new one (for later tests)
+            after = set(client.scheduler_info()["workers"])
+    finally:
+        scheduler_log.removeHandler(handler)
+    assert flag.exists()  # a worker process did die while writing the store
+    assert before != after  # and its nanny started a new one
+    assert store.is_complete(out)
+    assert_same_files(features, out)
+    # the feature graph names its tasks the same way every time (no random keys), and no
+    # task reached the scheduler twice under one name with other dependencies
+    assert [w for w in warnings if "run_spec" in w] == []

@@ -109,6 +109,161 @@ def test_a_build_killed_half_way_resumes_to_the_same_bytes(tmp_path, scene, stac
     assert files(out) == files(cube_path)  # byte for byte, as the uninterrupted build
 
 
+# --- SIGKILL between a prediction store and its STAC item -----------------------------------
+
+
+@pytest.fixture(scope="module")
+def predict_inputs(tmp_path_factory):
+    """A small feature store and an untrained tiny U-net checkpoint for it."""
+    from sar2ndvi.checkpoint import Checkpoint, save_checkpoint
+    from sar2ndvi.features import PAPER_CHANNELS
+    from sar2ndvi.model import UNet, UNetConfig
+    from sar2ndvi.patches import PatchSpec
+    from tests.support import write_learnable_store
+
+    root = tmp_path_factory.mktemp("predict")
+    # one chunk: `detect` below labels objects across chunks, slow for many small ones
+    features = write_learnable_store(root / "features.zarr", shape=(96, 112), chunk=112)
+    torch.manual_seed(4)
+    norm = store.open(features)["/normalisation"].to_dataset()
+    meta = {
+        "normalisation": {
+            "band": list(PAPER_CHANNELS),
+            "center": [float(v) for v in norm["center"].values],
+            "scale": [float(v) for v in norm["scale"].values],
+        },
+        "patch": PatchSpec(32, 16).to_dict(),
+    }
+    model = root / "model" / "checkpoint.pt"
+    save_checkpoint(Checkpoint.from_model(UNet(UNetConfig(width=4, depth=2)), meta), model)
+    return str(model), str(features)
+
+
+def _stats(folder: Path) -> dict[str, tuple[int, int]]:
+    """(inode, mtime) of every file under `folder`, by relative path."""
+    return {
+        p.relative_to(folder).as_posix(): (p.stat().st_ino, p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _comparable(item: dict) -> dict:
+    """A STAC item without what differs between two runs: the processing time, and the
+    id and href that name the output folder."""
+    item = json.loads(json.dumps(item))
+    item["properties"].pop("datetime")
+    item.pop("id")
+    item["assets"]["ndvi"].pop("href")
+    return item
+
+
+@pytest.mark.slow
+def test_a_predict_killed_before_its_stac_item_writes_it_on_the_rerun(predict_inputs, tmp_path):
+    from sar2ndvi.publish import ITEM_FILE, write_prediction
+
+    model, features = predict_inputs
+    out = tmp_path / "ndvi.zarr"
+    args = ["predict", model, features, "--out", str(out), "--period", "pre", "--chunks", "48"]
+
+    # SIGKILL once the store is complete, just before its item.json is written
+    run_cli(args, cwd=tmp_path, kill_before="sar2ndvi.publish:write_item")
+    assert store.is_complete(out)
+    assert not (out / ITEM_FILE).exists()
+    assert not list(out.glob(f"{ITEM_FILE}*"))  # no half-written item either
+    store_bytes, stats = files(out), _stats(out)
+
+    # the re-run writes the missing item from the stored cube, and recomputes nothing
+    runner = CliRunner()
+    again = runner.invoke(main, args)
+    assert again.exit_code == 0, again.output
+    assert "reused" in again.output
+    assert "wrote its missing STAC item" in again.output
+    assert files(out, skip=(ITEM_FILE,)) == store_bytes
+    assert {k: v for k, v in _stats(out).items() if k != ITEM_FILE} == stats
+    item = json.loads((out / ITEM_FILE).read_text())
+    assert item["assets"]["ndvi"]["href"] == str(out)
+    assert not list(out.glob(f"{ITEM_FILE}.tmp*"))
+
+    # the item is the one an uninterrupted run writes (not the NDVI bytes: torch's float32
+    # rounding depends on its thread count, which differs between processes)
+    whole = write_prediction(
+        model, features, tmp_path / "whole" / "ndvi.zarr", progress=False, period="pre", chunks=48
+    )
+    expected = json.loads((Path(whole) / ITEM_FILE).read_text())
+    assert _comparable(item) == _comparable(expected)
+
+    # with the item there, a third run touches nothing
+    written = (out / ITEM_FILE).read_bytes()
+    third = runner.invoke(main, args)
+    assert third.exit_code == 0, third.output
+    assert "missing STAC item" not in third.output
+    assert (out / ITEM_FILE).read_bytes() == written
+
+
+def test_a_failed_item_write_leaves_no_item(predict_inputs, tmp_path, monkeypatch):
+    from sar2ndvi import publish
+
+    model, features = predict_inputs
+    out = publish.write_prediction(
+        model, features, tmp_path / "ndvi.zarr", progress=False, item=False, period="pre"
+    )
+    assert not publish.has_item(out)
+
+    def fail(src, dst):
+        raise OSError(f"cannot rename {src} to {dst}")
+
+    monkeypatch.setattr(publish.os, "replace", fail)
+    with pytest.raises(OSError, match="cannot rename"):
+        publish.ensure_item(out)
+    # the item appears whole or not at all: no item.json, no temporary file
+    assert sorted(p.name for p in Path(out).glob("item.json*")) == []
+    monkeypatch.undo()
+    assert publish.ensure_item(out) == f"{out}/item.json"
+    assert publish.has_item(out)
+    assert publish.ensure_item(out) is None
+
+
+# --- SIGKILL half-way through `sar2ndvi detect` -----------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_detect_killed_half_way_resumes_to_the_same_bytes(predict_inputs, tmp_path):
+    import geopandas as gpd
+
+    from sar2ndvi.publish import write_prediction
+
+    model, features = predict_inputs
+    ndvi = write_prediction(model, features, tmp_path / "ndvi.zarr", progress=False, item=False)
+    args = ["detect", features, "--prediction", ndvi, "--min-slope", "0", "--min-area", "0"]
+    out = tmp_path / "killed"
+    target = out / "landslides.zarr"
+
+    # SIGKILL after the mask/score/label chunks are on disk, before they are marked done
+    run_cli([*args, "--out", str(out)], cwd=tmp_path, kill_after=1)
+    assert not store.is_complete(target)
+    with pytest.raises(store.IncompleteStoreError, match="incomplete"):
+        store.open(target)
+    assert not list(out.glob("landslides.*json"))
+    assert not (out / "landslides.gpkg").exists()
+
+    runner = CliRunner()
+    again = runner.invoke(main, [*args, "--out", str(out)])
+    assert again.exit_code == 0, again.output
+    assert store.is_complete(target)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "landslides.geojson",
+        "landslides.gpkg",
+        "landslides.zarr",
+    ]  # the scratch store of the killed run is gone too
+    whole = runner.invoke(main, [*args, "--out", str(tmp_path / "whole")])
+    assert whole.exit_code == 0, whole.output
+    assert files(target) == files(tmp_path / "whole" / "landslides.zarr")
+    polygons = [gpd.read_file(d / "landslides.gpkg") for d in (out, tmp_path / "whole")]
+    assert len(polygons[0]) > 0
+    assert polygons[0].equals(polygons[1])
+
+
 # --- a worker lost in the middle of a feature build --------------------------------------------
 
 

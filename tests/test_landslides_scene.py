@@ -16,7 +16,8 @@ from sar2ndvi.cli import main
 from sar2ndvi.confusion import confusion
 from sar2ndvi.cube import build_cube
 from sar2ndvi.features import FeatureSpec, build_features
-from sar2ndvi.landslides import rasterize_inventory
+from sar2ndvi.landslides import landslide_inputs, rasterize_inventory, stack_layers
+from sar2ndvi.predict import ModelRunner, predict_layers
 from sar2ndvi.synth.area import scene_recipe
 from sar2ndvi.synth.config import SceneConfig
 from sar2ndvi.synth.scene import simulate
@@ -71,7 +72,7 @@ def test_detect_maps_the_inventory_and_writes_polygons_a_gis_reads(event, tmp_pa
     assert len(gpd.read_file(out / "landslides.geojson")) == len(polygons)
 
 
-def test_evaluate_landslides_scores_every_setting_and_method(event, tmp_path):
+def test_evaluate_landslides_scores_every_setting_and_method(event, tmp_path, monkeypatch):
     scene, cube, features = event
     out = tmp_path / "eval"
     args = [
@@ -96,10 +97,30 @@ def test_evaluate_landslides_scores_every_setting_and_method(event, tmp_path):
     for name in ("landslide-metrics.csv", "landslide-map.png", "landslide-config.json"):
         assert (out / name).stat().st_size > 0
     assert (out / "models" / "setting-3" / "checkpoint.pt").exists()
-    # a segmentation checkpoint maps the scene through `detect --method unet`
+    # a re-run reuses the finished segmentation runs and scores the same
+    again = _run(args)
+    assert again.count("finished run: reused") == 2
+    assert json.loads((out / "landslide-metrics.json").read_text())["rows"] == rows
+    # a segmentation checkpoint maps the scene through `detect --method unet`, running the
+    # network over the scene at most twice (object count, then the store), not once per
+    # input chunk
+    patches = []
+    real_call = ModelRunner.__call__
+
+    def counting(self, x):
+        patches.append(len(x))
+        return real_call(self, x)
+
+    monkeypatch.setattr(ModelRunner, "__call__", counting)
     det = tmp_path / "unet"
     _run(["detect", features, "--method", "unet", "--model", out / "models" / "setting-3",
           "--out", det, "--min-area", 0])
+    in_detect = sum(patches)
+    patches.clear()
+    model = out / "models" / "setting-3"
+    layers = ["pre_vv", "post_vv"]
+    predict_layers(model, stack_layers(landslide_inputs(features, layers), layers)).compute()
+    assert 0 < in_detect <= 2 * sum(patches)
     layers = store.open(det / "landslides.zarr")
     layers = layers.to_dataset() if hasattr(layers, "to_dataset") else layers
     score = layers["score"].values

@@ -1,9 +1,10 @@
 """Stores on object storage: S3 through s3fs, against moto's S3 server on loopback.
 
-Cube, feature and prediction stores are written to ``s3://`` URLs with credentials in
-``storage_options`` and compared object by object with the same stores written to local
-disk; an interrupted write is resumed on S3; no credential or signature ends up in a
-store, a log line or a message.
+Cube, feature, prediction and landslide input stores are written to ``s3://`` URLs with
+credentials in ``storage_options`` and compared object by object with the same stores
+written to local disk; an interrupted write is resumed on S3; the U-net trains and is
+scored from a feature store on S3 as from its local copy; `detect` reads its inputs from
+S3; no credential or signature ends up in a store, a log line or a message.
 """
 
 from __future__ import annotations
@@ -17,22 +18,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import geopandas as gpd
 import numpy as np
 import pytest
+import shapely
 import torch
 import xarray as xr
 from click.testing import CliRunner
 
 from sar2ndvi import store
 from sar2ndvi.catalog import select_scenes
-from sar2ndvi.checkpoint import Checkpoint, save_checkpoint
+from sar2ndvi.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from sar2ndvi.cli import main
 from sar2ndvi.cube import build_cube
+from sar2ndvi.evaluate import evaluate
 from sar2ndvi.features import PAPER_CHANNELS, FeatureSpec, write_features
+from sar2ndvi.landslides import landslide_inputs, rasterize_inventory, write_inputs
 from sar2ndvi.model import UNet, UNetConfig
 from sar2ndvi.patches import PatchDataset, PatchSpec, patch_origins
 from sar2ndvi.publish import ITEM_FILE, same_prediction, write_prediction
 from sar2ndvi.synth.area import scene_recipe
+from sar2ndvi.train import TrainConfig, train
 from tests.support import write_learnable_store
 
 s3fs = pytest.importorskip("s3fs")
@@ -368,3 +374,137 @@ def test_patch_dataset_reads_an_s3_store(s3, model_and_features):
         a, b = local[i], remote[i]
         for key in ("x", "y", "mask"):
             assert torch.equal(a[key], b[key]), (i, key)
+
+
+def cli_options(s3: S3) -> list[str]:
+    """The fixture's storage options as ``--storage-option`` arguments."""
+    pairs = [
+        f"endpoint_url={s3.endpoint}",
+        f"key={KEY_ID}",
+        f"secret={SECRET}",
+        f"token={SESSION}",
+        "client_kwargs.region_name=us-east-1",
+    ]
+    return [arg for pair in pairs for arg in ("--storage-option", pair)]
+
+
+def test_landslide_inputs_from_and_to_s3(s3, model_and_features, tmp_path):
+    _, features, remote_features = model_and_features
+    layers = ["pre_ndvi", "pre_vv", "post_vv", "pre_vh", "slope"]
+    # one landslide polygon on the fixture's grid (EPSG:32611, x 390000.., y ..3800000)
+    inventory = gpd.GeoDataFrame(
+        geometry=[shapely.box(390_300, 3_799_300, 390_700, 3_799_700)], crs="EPSG:32611"
+    )
+
+    def write(source: str, out: str, options: dict | None) -> str:
+        inputs = landslide_inputs(store.open(source, storage_options=options), layers)
+        labels = rasterize_inventory(inventory, inputs)
+        return write_inputs(inputs, out, labels=labels, storage_options=options)
+
+    local = write(features, str(tmp_path / "inputs.zarr"), None)
+    url = s3.url("inputs.zarr")
+    assert write(remote_features, url, s3.options) == url
+    assert store.is_complete(url, storage_options=s3.options)
+    remote, expected = s3.objects(url), local_files(Path(local))
+    assert sorted(remote) == sorted(expected)
+    assert [k for k in remote if remote[k] != expected[k]] == []
+    assert_no_credentials(remote)
+    # the segmentation U-net's patches read from S3 as from disk
+    spec = PatchSpec(32, 16)
+    origins = patch_origins((100, 140), spec)
+    a = PatchDataset(local, origins, spec, group="inputs")
+    b = PatchDataset(url, origins, spec, group="inputs", storage_options=s3.options)
+    assert a.bands == b.bands == tuple(layers)
+    labelled = 0
+    for i in range(len(a)):
+        for key in ("x", "y", "mask"):
+            assert torch.equal(a[i][key], b[i][key]), (i, key)
+        labelled += int(b[i]["y"].sum() > 0)
+    assert labelled > 0  # the landslide is in the patches
+
+
+def test_cli_detect_reads_its_inputs_from_s3(s3, model_and_features, tmp_path):
+    model = model_and_features[0]
+    # one chunk: the labelling graph of many small chunks is slow on S3 and proves no more
+    features = str(write_learnable_store(tmp_path / "f.zarr", shape=(96, 128), chunk=128))
+    ndvi = write_prediction(model, features, tmp_path / "ndvi.zarr", progress=False, item=False)
+    remote_features, remote_ndvi = s3.url("features.zarr"), s3.url("ndvi.zarr")
+    for path, url in ((features, remote_features), (ndvi, remote_ndvi)):
+        s3.fs.put(path, url.removeprefix("s3://"), recursive=True)
+    common = ["--min-slope", "0", "--min-area", "0"]
+    local = CliRunner().invoke(
+        main, ["detect", features, "--prediction", ndvi, "--out", str(tmp_path / "a"), *common]
+    )
+    assert local.exit_code == 0, local.output
+    args = ["detect", remote_features, "--prediction", remote_ndvi, "--out", str(tmp_path / "b")]
+    remote = CliRunner().invoke(main, [*args, *common, *cli_options(s3)])
+    assert remote.exit_code == 0, remote.output
+    assert "dask: threaded scheduler" in remote.output
+    a, b = (local_files(tmp_path / d / "landslides.zarr") for d in "ab")
+    assert sorted(a) == sorted(b)
+    assert [k for k in a if a[k] != b[k]] == []
+    polygons = [gpd.read_file(tmp_path / d / "landslides.gpkg") for d in "ab"]
+    assert len(polygons[0]) > 0
+    assert polygons[0].equals(polygons[1])
+    for secret in CREDENTIALS:
+        assert secret not in remote.output, secret
+
+
+@pytest.fixture(scope="module")
+def train_features(tmp_path_factory, s3):
+    """A feature store large enough for a train / val / test split, local and on S3."""
+    features = write_learnable_store(
+        tmp_path_factory.mktemp("s3-train") / "features.zarr", shape=(128, 192), chunk=64
+    )
+    url = s3.url("features.zarr")
+    s3.fs.put(str(features), url.removeprefix("s3://"), recursive=True)
+    return str(features), url
+
+
+def test_training_and_scoring_from_s3_give_the_local_numbers(s3, train_features, tmp_path):
+    features, url = train_features
+    config = TrainConfig(
+        patch=PatchSpec(32, 16),
+        model=UNetConfig(width=4, depth=2),
+        epochs=1,
+        batch_size=8,
+        block=64,
+        seed=3,
+        device="cpu",
+        num_workers=0,
+    )
+    local = train(features, tmp_path / "local", config, progress=False)
+    # the same run through the command line, from S3 (the run's folder stays local)
+    args = ["train", url, "--out", str(tmp_path / "remote"), "--epochs", "1", "--patch-size",
+            "32", "--overlap", "16", "--batch-size", "8", "--width", "4", "--depth", "2",
+            "--block", "64", "--seed", "3", "--device", "cpu", "--workers", "0"]  # fmt: skip
+    result = CliRunner().invoke(main, [*args, *cli_options(s3)])
+    assert result.exit_code == 0, result.output
+    a, b = (load_checkpoint(tmp_path / d / "checkpoint.pt") for d in ("local", "remote"))
+    assert list(a.state_dict) == list(b.state_dict)
+    for name, tensor in a.state_dict.items():
+        assert torch.equal(tensor, b.state_dict[name]), name
+    assert b.metadata["feature_store"] == url  # no credential recorded
+    assert b.metadata["normalisation"] == a.metadata["normalisation"]
+    history = [json.loads(json.dumps(r)) for r in local.history]
+    remote_rows = (tmp_path / "remote" / "metrics.csv").read_text().splitlines()
+    assert len(remote_rows) == len(history) + 1
+    assert remote_rows[1].split(",")[1] == str(history[0]["train_loss"])
+
+    # scored from S3: the same table as from disk
+    expected = evaluate(local.checkpoint, features, baselines=("linear",))
+    got = evaluate(local.checkpoint, url, baselines=("linear",), storage_options=s3.options)
+    assert got.table == expected.table
+    assert got.table["U-net"]["n_pixels"] > 0
+    report = CliRunner().invoke(
+        main,
+        ["evaluate", str(tmp_path / "local"), url, "--no-baselines", "--out",
+         str(tmp_path / "report"), *cli_options(s3)],
+    )  # fmt: skip
+    assert report.exit_code == 0, report.output
+    scores = json.loads((tmp_path / "report" / "metrics.json").read_text())["metrics"]["U-net"]
+    assert scores == pytest.approx(expected.table["U-net"])
+    text = result.output + report.output + (tmp_path / "remote" / "checkpoint.pt").read_bytes(
+    ).decode("latin-1")  # fmt: skip
+    for secret in CREDENTIALS:
+        assert secret not in text, secret

@@ -39,6 +39,8 @@ class SceneConfig:
         s1_repeat_days: revisit of one Sentinel-1 orbit track (12 days with S1A alone).
         s2_revisit_days: Sentinel-2 revisit with both platforms (5 days).
         landslide_density: landslides per km^2 near the epicentre scale (see landslides.py).
+        disturbance_density: clear-cuts and cleared fields per km^2 after the event, the
+            vegetation loss that is not a landslide (see disturbance.py).
         resolution: pixel size of the analysis grid in metres.
     """
 
@@ -52,6 +54,7 @@ class SceneConfig:
     s1_repeat_days: int = 12
     s2_revisit_days: int = 5
     landslide_density: float = 4.0
+    disturbance_density: float = 1.0
     resolution: float = 10.0
 
     def __post_init__(self) -> None:
@@ -97,6 +100,10 @@ class SceneConfig:
         if not 0.0 <= self.landslide_density <= 100.0:
             raise InputError(
                 f"landslide_density: {self.landslide_density} per km^2 is not in 0..100"
+            )
+        if not 0.0 <= self.disturbance_density <= 20.0:
+            raise InputError(
+                f"disturbance_density: {self.disturbance_density} per km^2 is not in 0..20"
             )
         if self.resolution != 10.0:
             raise InputError("resolution: only the Sentinel 10 m grid is supported")

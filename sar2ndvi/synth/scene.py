@@ -37,6 +37,7 @@ from sar2ndvi.synth import stac
 from sar2ndvi.synth.cog import multihash_sha256, write_cog
 from sar2ndvi.synth.config import SceneConfig
 from sar2ndvi.synth.dem_tiles import DemTile, dem_tiles
+from sar2ndvi.synth.disturbance import Disturbances, simulate_disturbances
 from sar2ndvi.synth.grid import Grid
 from sar2ndvi.synth.landslides import (
     Landslides,
@@ -290,7 +291,12 @@ class _Writer:
 
 
 def _write_truth(
-    w: _Writer, terrain: Terrain, pre: Vegetation, post: Vegetation, slides: Landslides
+    w: _Writer,
+    terrain: Terrain,
+    pre: Vegetation,
+    post: Vegetation,
+    slides: Landslides,
+    cleared: Disturbances,
 ) -> None:
     layers = {
         "elevation": terrain.elevation,
@@ -305,6 +311,7 @@ def _write_truth(
         "water_content_post": post.water_content,
         "landslides": slides.mask.astype(np.uint8),
         "landslide_id": slides.label,
+        "disturbances": cleared.mask.astype(np.uint8),
         "shaking": slides.shaking,
         "susceptibility": slides.susceptibility,
     }
@@ -360,9 +367,16 @@ def simulate(
             density_per_km2=config.landslide_density,
         )
         post = strip_vegetation(pre, slides, rng_for(config.seed, "strip"))
+        post, cleared = simulate_disturbances(
+            terrain,
+            post,
+            slides,
+            rng_for(config.seed, "disturbance"),
+            density_per_km2=config.disturbance_density,
+        )
         step("vegetation and landslides")
         w = _Writer(tmp, grid)
-        _write_truth(w, terrain, pre, post, slides)
+        _write_truth(w, terrain, pre, post, slides, cleared)
         step("truth")
 
         items: dict[str, list[dict]] = {

@@ -30,6 +30,7 @@ class LandCover(IntEnum):
     SHRUB_GRASS = 4
     FOREST = 5
     LANDSLIDE = 6  # fresh scar, post-event only
+    CLEARED = 7  # clear-cut or cleared field, post-event only (synth/disturbance.py)
 
 
 @dataclass(frozen=True)
