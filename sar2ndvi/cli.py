@@ -247,6 +247,20 @@ def _storage_options(
     return options
 
 
+def _features_storage_option(local: str) -> Any:
+    """``--storage-option`` for a command that reads a FEATURES store at a URL and writes
+    `local` to a local folder."""
+    return click.option(
+        "--storage-option",
+        "storage_options",
+        multiple=True,
+        metavar="KEY=VALUE",
+        callback=_storage_options,
+        help="An fsspec/s3fs option for a FEATURES store at a URL (s3://...), repeatable; "
+        f"never printed nor stored; {local} stays local.",
+    )
+
+
 def _compute_options(f: Any) -> Any:
     """--scheduler and --storage-option for a heavy command, which then runs inside
     `sar2ndvi.compute.compute_context` (an active client, the scheduler, or threads) and
@@ -564,15 +578,7 @@ def features(
 @click.option("--workers", type=int, default=None, help="Loader processes [default: cores/2].")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from last.pt.")
 @click.option("--overwrite", is_flag=True, help="Replace a finished run in --out.")
-@click.option(
-    "--storage-option",
-    "storage_options",
-    multiple=True,
-    metavar="KEY=VALUE",
-    callback=_storage_options,
-    help="An fsspec/s3fs option for a FEATURES store at a URL (s3://...), repeatable; "
-    "never printed nor stored. The run's folder (--out) is local.",
-)
+@_features_storage_option("the run's folder (--out)")
 def train(features_store: str, out: str, **options: Any) -> None:
     """Train the U-net on a feature store (spatially disjoint train/val/test blocks)."""
     _train(features_store, out, **options)
@@ -644,15 +650,7 @@ def _train(
 @click.option("--no-baselines", is_flag=True, help="Score the U-net only.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option(
-    "--storage-option",
-    "storage_options",
-    multiple=True,
-    metavar="KEY=VALUE",
-    callback=_storage_options,
-    help="An fsspec/s3fs option for a FEATURES store at a URL (s3://...), repeatable; "
-    "never printed nor stored. The report (--out) is local.",
-)
+@_features_storage_option("the report (--out)")
 def evaluate(
     model: str,
     features_store: str,
