@@ -143,13 +143,22 @@ def detect_unet(
     return out, inputs[[change, "slope"]].rename({change: "dndvi"})
 
 
+def _via_scratch(ds: xr.Dataset, path: str | os.PathLike) -> xr.Dataset:
+    """`ds` with its variables computed once, together, into a scratch Zarr store at
+    `path` and read back lazily (coordinates and attributes kept)."""
+    # the bare arrays only: no coordinates, attributes or encodings to carry into Zarr
+    bare = xr.Dataset({name: (var.dims, var.data) for name, var in ds.data_vars.items()})
+    bare.to_zarr(os.fspath(path), mode="w", consolidated=False)
+    stored = xr.open_zarr(os.fspath(path), consolidated=False)
+    out = ds.copy()
+    for name in ds.data_vars:
+        out[name] = ds[name].copy(data=stored[name].data)
+    return out
+
+
 def _stored(array: xr.DataArray, path: str | os.PathLike) -> xr.DataArray:
     """`array` computed once into a scratch Zarr store at `path`, and read back lazily."""
-    bare = array.reset_coords(drop=True).drop_encoding()
-    bare.attrs = {}
-    bare.to_dataset(name="value").to_zarr(os.fspath(path), mode="w", consolidated=False)
-    stored = xr.open_zarr(os.fspath(path), consolidated=False)["value"]
-    return array.copy(data=stored.data)
+    return array.copy(data=_via_scratch(array.to_dataset(name="value"), path)["value"].data)
 
 
 def _labelled_once(ds: xr.Dataset, scratch: Path) -> xr.Dataset:
@@ -161,14 +170,9 @@ def _labelled_once(ds: xr.Dataset, scratch: Path) -> xr.Dataset:
     final store then copies the scratch chunks, and ``mask`` is derived from the stored
     labels.
     """
-    core = ds[["score", "label"]].reset_coords(drop=True).drop_encoding()
-    core.attrs = {}
-    core.to_zarr(scratch, mode="w", consolidated=False)
-    stored = xr.open_zarr(scratch, consolidated=False)
-    out = ds.copy()
-    for name in ("score", "label"):
-        out[name] = ds[name].copy(data=stored[name].data)
-    out["mask"] = ds["mask"].copy(data=(stored["label"].data > 0).astype(np.uint8))
+    stored = _via_scratch(ds[["score", "label"]], scratch)
+    out = ds.assign(score=stored["score"], label=stored["label"])
+    out["mask"] = ds["mask"].copy(data=(out["label"].data > 0).astype(np.uint8))
     return out
 
 
