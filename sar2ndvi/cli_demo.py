@@ -33,7 +33,14 @@ from sar2ndvi.cli import (
     console,
     main,
 )
-from sar2ndvi.report import StageTime
+from sar2ndvi.report import (
+    RunReport,
+    StageTime,
+    merge_stage_times,
+    plot_training_curves,
+    save_stage_times,
+    write_run_report,
+)
 
 #: Stages, in order; ``--stop-after`` names one of the marked ones.
 STAGES = (
@@ -68,6 +75,7 @@ class _Run:
     """The stages of one demo run: numbering, rules, timings."""
 
     last: str
+    overwrite: bool = False
     times: list[StageTime] = field(default_factory=list)
 
     @property
@@ -81,9 +89,10 @@ class _Run:
     def stage(
         self, name: str, title: str, reused: Callable[[], bool] = lambda: False
     ) -> Iterator[bool]:
-        """Print the stage's rule, time it, record whether its output was reused."""
+        """Print the stage's rule, time it, record whether its output was reused (never
+        with --overwrite, which recomputes everything)."""
         console.rule(f"[bold]{STAGES.index(name) + 1}/{self.total} {title}")
-        was_reused = reused()
+        was_reused = not self.overwrite and reused()
         start = time.perf_counter()
         yield was_reused
         seconds = time.perf_counter() - start
@@ -99,6 +108,40 @@ def _newer(output: Path, *inputs: Path) -> bool:
         return False
     mtime = output.stat().st_mtime
     return all(mtime >= p.stat().st_mtime for p in inputs if p.exists())
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where each stage writes, inside the working folder."""
+
+    scene: Path
+    cube: Path
+    features: Path
+    model: Path
+    ndvi_evaluation: Path
+    prediction: Path
+    landslides: Path
+    landslide_map: Path
+    report: Path
+
+    @classmethod
+    def of(cls, out: Path) -> _Layout:
+        return cls(
+            scene=out / "scene",
+            cube=out / "cube.zarr",
+            features=out / "features.zarr",
+            model=out / "model",
+            ndvi_evaluation=out / "ndvi-evaluation",
+            prediction=out / "ndvi-post.zarr",
+            landslides=out / "landslides",
+            landslide_map=out / "landslide-map",
+            report=out / "report",
+        )
+
+    @property
+    def segmenter(self) -> Path:
+        """The segmentation run whose U-net maps the whole scene."""
+        return self.landslides / "models" / f"setting-{MAP_SETTING}"
 
 
 @click.command()
@@ -177,15 +220,15 @@ def run_demo(
     from sar2ndvi.synth.server import serve_scene
 
     out = Path(out)
-    run = _Run(last="report" if stop_after == "report" else stop_after)
-    if stop_after == "landslides":
-        run.last = "map"
+    # "landslides" stops after both landslide stages: the comparison and the map
+    run = _Run(last={"landslides": "map"}.get(stop_after, stop_after), overwrite=overwrite)
+    paths = _Layout.of(out)
     config = _config(**scene_options)
     products: dict[str, Path] = {}
 
-    with run.stage("simulate", "simulate the study area", lambda: (out / "scene").is_dir()):
+    with run.stage("simulate", "simulate the study area", paths.scene.is_dir):
         start = time.perf_counter()
-        scene = simulate(config, out / "scene", overwrite=overwrite, progress=True)
+        scene = simulate(config, paths.scene, overwrite=overwrite, progress=True)
         _print_scene(scene, time.perf_counter() - start)
     products["scene"] = scene.path
     with serve_scene(scene) as server:
@@ -196,39 +239,36 @@ def run_demo(
             selection = select_scenes(recipe)
             rows = selection.rows()
             _print_items(rows, f"{len(rows)} scenes around the {config.event_date} event")
-    cube = out / "cube.zarr"
-    with run.stage("cube", "build the cube on one 10 m grid and store it as Zarr", _complete(cube)):
-        _build_selection(recipe, selection, str(cube), overwrite=overwrite)
-    products["cube"] = cube
-    features = out / "features.zarr"
     with run.stage(
-        "features", "features: the 9-channel stack and the NDVI target", _complete(features)
+        "cube", "build the cube on one 10 m grid and store it as Zarr", _complete(paths.cube)
     ):
-        _features(str(cube), str(features), overwrite=overwrite)
-    products["features"] = features
+        _build_selection(recipe, selection, str(paths.cube), overwrite=overwrite)
+    products["cube"] = paths.cube
+    with run.stage(
+        "features", "features: the 9-channel stack and the NDVI target", _complete(paths.features)
+    ):
+        _features(str(paths.cube), str(paths.features), overwrite=overwrite)
+    products["features"] = paths.features
 
-    model = out / "model"
-    checkpoint = model / "checkpoint.pt"
-    ndvi_report = out / "ndvi-evaluation"
-    prediction = out / "ndvi-post.zarr"
-    landslides = out / "landslides"
-    scene_map = out / "landslide-map"
+    checkpoint = paths.model / "checkpoint.pt"
     if run.wants("train"):
         training = {"epochs": epochs, "patch_size": patch_size, "width": DEMO_WIDTH}
-        finished = model / DEMO_TRAINED
+        finished = paths.model / DEMO_TRAINED
         with run.stage(
             "train",
             "train the U-net (spatially disjoint blocks)",
-            lambda: not overwrite and checkpoint.exists() and _same_json(finished, training),
+            lambda: checkpoint.exists() and _same_json(finished, training),
         ) as reused:
             if reused:
-                console.print(f"{model} holds a trained model already: reused", soft_wrap=True)
+                console.print(
+                    f"{paths.model} holds a trained model already: reused", soft_wrap=True
+                )
             else:
-                # an unfinished or different run in `model` is started again
+                # an unfinished or different run in the model folder is started again
                 finished.unlink(missing_ok=True)
                 _train(
-                    str(features),
-                    str(model),
+                    str(paths.features),
+                    str(paths.model),
                     epochs=epochs,
                     patch_size=patch_size,
                     overlap=patch_size // 2,
@@ -236,37 +276,45 @@ def run_demo(
                     overwrite=True,
                 )
                 finished.write_text(json.dumps(training))
+        metrics = paths.ndvi_evaluation / "metrics.json"
         with run.stage(
             "evaluate",
             "evaluate on the held-out block against baselines",
-            lambda: _newer(ndvi_report / "metrics.json", checkpoint) and not overwrite,
+            lambda: _newer(metrics, checkpoint),
         ) as reused:
             if reused:
-                console.print((ndvi_report / "metrics.txt").read_text().rstrip(), soft_wrap=True)
+                console.print(
+                    (paths.ndvi_evaluation / "metrics.txt").read_text().rstrip(), soft_wrap=True
+                )
             else:
-                _evaluate(str(model), str(features), str(ndvi_report))
-        products.update(model=model, ndvi_evaluation=ndvi_report)
+                _evaluate(str(paths.model), str(paths.features), str(paths.ndvi_evaluation))
+        products.update(model=paths.model, ndvi_evaluation=paths.ndvi_evaluation)
     if run.wants("predict"):
         with run.stage(
-            "predict", "predict the post-event NDVI cube, chunk by chunk", _complete(prediction)
+            "predict",
+            "predict the post-event NDVI cube, chunk by chunk",
+            _complete(paths.prediction),
         ):
-            _predict(str(model), str(features), str(prediction), overwrite=overwrite, period="post")
-        products["prediction"] = prediction
+            _predict(
+                str(paths.model),
+                str(paths.features),
+                str(paths.prediction),
+                overwrite=overwrite,
+                period="post",
+            )
+        products["prediction"] = paths.prediction
     if run.wants("landslides"):
         budget = {**DEMO_SEGMENT, "epochs": landslide_epochs}
         budget["patch_size"] = min(budget["patch_size"], patch_size)
         budget["overlap"] = budget["patch_size"] // 2
-        _landslide_stages(
-            run, scene, features, cube, prediction, model, landslides, scene_map, overwrite, budget
-        )
-        products.update(landslides=landslides, landslide_map=scene_map)
+        _landslide_stages(run, scene, paths, budget)
+        products.update(landslides=paths.landslides, landslide_map=paths.landslide_map)
     if run.wants("report"):
         with run.stage("report", "write the report (HTML, figures beside it)"):
-            page = _write_report(out, config, recipe, [describe(i) for _, i in rows], run.times)
+            items = [describe(item) for _, item in rows]
+            page = _write_report(out, paths, config, recipe, items, run.times)
             console.print(f"report: {page}", soft_wrap=True)
         products["report"] = page
-    from sar2ndvi.report import save_stage_times
-
     save_stage_times(out, run.times)
     done = "; ".join(f"{name} in {path}" for name, path in products.items())
     console.print(f"[green]done[/]: {done}", soft_wrap=True)
@@ -287,62 +335,49 @@ def _complete(path: Path) -> Callable[[], bool]:
     return lambda: store.is_complete(str(path))
 
 
-def _landslide_stages(
-    run: _Run,
-    scene: Any,
-    features: Path,
-    cube: Path,
-    prediction: Path,
-    model: Path,
-    landslides: Path,
-    scene_map: Path,
-    overwrite: bool,
-    budget: dict[str, int],
-) -> None:
+def _landslide_stages(run: _Run, scene: Any, paths: _Layout, budget: dict[str, int]) -> None:
     """The landslide comparison (settings x methods) and the scene-wide radar-only map."""
     from sar2ndvi.cli_landslides import _detect, _evaluate_landslides
 
-    metrics = landslides / "landslide-metrics.json"
+    metrics = paths.landslides / "landslide-metrics.json"
     with run.stage(
         "landslides",
         "landslides: segmentation U-net vs CART vs NDVI change, over the input settings",
         lambda: (
-            not overwrite
-            and _newer(metrics, prediction / "item.json", model / "checkpoint.pt")
-            and _same_budget(landslides / "landslide-config.json", budget)
+            _newer(metrics, paths.prediction / "item.json", paths.model / "checkpoint.pt")
+            and _same_budget(paths.landslides / "landslide-config.json", budget)
         ),
     ) as reused:
         if reused:
             console.print(
-                (landslides / "landslide-metrics.txt").read_text().rstrip(), soft_wrap=True
+                (paths.landslides / "landslide-metrics.txt").read_text().rstrip(), soft_wrap=True
             )
         else:
             _evaluate_landslides(
-                str(features),
+                str(paths.features),
                 str(scene.truth("landslides.geojson")),
-                landslides,
-                prediction=str(prediction),
-                cube=str(cube),
-                model=str(model),
+                paths.landslides,
+                prediction=str(paths.prediction),
+                cube=str(paths.cube),
+                model=str(paths.model),
                 **budget,
             )
-    polygons = scene_map / "landslides.gpkg"
-    segmenter = landslides / "models" / f"setting-{MAP_SETTING}"
+    polygons = paths.landslide_map / "landslides.gpkg"
     with run.stage(
         "map",
         f"map the landslides of the whole scene from radar alone (setting {MAP_SETTING} U-net)",
-        lambda: not overwrite and _newer(polygons, segmenter / "checkpoint.pt"),
+        lambda: _newer(polygons, paths.segmenter / "checkpoint.pt"),
     ) as reused:
         if reused:
             console.print(f"{polygons} is up to date: reused", soft_wrap=True)
         else:
             _detect(
-                str(features),
-                scene_map,
+                str(paths.features),
+                paths.landslide_map,
                 method="unet",
-                model=str(segmenter),
-                prediction=str(prediction),
-                cube=str(cube),
+                model=str(paths.segmenter),
+                prediction=str(paths.prediction),
+                cube=str(paths.cube),
                 overwrite=True,
             )
 
@@ -361,35 +396,31 @@ def _same_budget(config_json: Path, budget: dict[str, int]) -> bool:
 
 
 def _write_report(
-    out: Path, config: Any, recipe: Any, items: list[dict[str, Any]], times: list[StageTime]
+    out: Path,
+    paths: _Layout,
+    config: Any,
+    recipe: Any,
+    items: list[dict[str, Any]],
+    times: list[StageTime],
 ) -> Path:
     """The HTML report of what the stages left in `out`."""
-    from sar2ndvi.report import (
-        RunReport,
-        merge_stage_times,
-        plot_training_curves,
-        write_run_report,
-    )
-
-    target = out / "report"
     figures: list[tuple[str, Path]] = []
-    ndvi = out / "ndvi-evaluation"
-    if (out / "model" / "metrics.csv").exists():
+    if (paths.model / "metrics.csv").exists():
         curves = plot_training_curves(
-            out / "model" / "metrics.csv", target / "ndvi-training.png", title="NDVI U-net"
+            paths.model / "metrics.csv", paths.report / "ndvi-training.png", title="NDVI U-net"
         )
         figures.append(("NDVI U-net: loss per epoch and validation RMSE", curves))
     figures.append(
         (
             "Held-out block: Sentinel-2 NDVI, the U-net's NDVI from radar, absolute error",
-            ndvi / "figure.png",
+            paths.ndvi_evaluation / "figure.png",
         )
     )
-    segmenter = out / "landslides" / "models" / f"setting-{MAP_SETTING}" / "metrics.csv"
+    segmenter = paths.segmenter / "metrics.csv"
     if segmenter.exists():
         curves = plot_training_curves(
             segmenter,
-            target / "landslide-training.png",
+            paths.report / "landslide-training.png",
             title=f"landslide U-net, setting {MAP_SETTING}",
         )
         figures.append(
@@ -398,10 +429,9 @@ def _write_report(
     figures.append(
         (
             "Test block: post-event NDVI, inventory outlines and predicted outlines",
-            out / "landslides" / "landslide-map.png",
+            paths.landslides / "landslide-map.png",
         )
     )
-    shown = merge_stage_times(out, times)
     report = RunReport(
         title="sar2ndvi demo: NDVI from radar and landslides on the simulated study area",
         recipe={
@@ -416,13 +446,13 @@ def _write_report(
             "collections": ", ".join(f"{k}: {v}" for k, v in recipe.collections.items()),
         },
         items=items,
-        ndvi_metrics=_json(ndvi / "metrics.json"),
-        landslide_metrics=_json(out / "landslides" / "landslide-metrics.json"),
-        detection=_detection_summary(out / "landslide-map"),
+        ndvi_metrics=_json(paths.ndvi_evaluation / "metrics.json"),
+        landslide_metrics=_json(paths.landslides / "landslide-metrics.json"),
+        detection=_detection_summary(paths.landslide_map),
         figures=figures,
-        stage_times=shown,
+        stage_times=merge_stage_times(out, times),
     )
-    return write_run_report(report, target)
+    return write_run_report(report, paths.report)
 
 
 def _json(path: Path) -> dict[str, Any] | None:

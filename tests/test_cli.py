@@ -215,3 +215,13 @@ def test_command_modules_import_in_any_order(module):
     assert result.returncode == 0, result.stderr
     for name in ("demo", "detect", "evaluate-landslides", "experiment", "train"):
         assert f"'{name}'" in result.stdout
+
+
+def test_a_stage_forced_by_overwrite_is_never_reported_reused():
+    from sar2ndvi.cli_demo import _Run
+
+    for overwrite, expected in ((False, True), (True, False)):
+        run = _Run(last="report", overwrite=overwrite)
+        with run.stage("cube", "build", lambda: True) as reused:
+            assert reused is expected
+        assert run.times[0].reused is expected
