@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -188,6 +189,45 @@ def _print_rows(rows: list[Any], title: str, first: str) -> None:
     console.print(table)
 
 
+def _run_sweep(
+    sweep: Callable[[str, Callable[[str], None]], list[Any]],
+    settings: dict[str, Any],
+    *,
+    name: str,
+    first: str,
+    cube: str | None,
+    out: Path,
+    budget: Any,
+    size: int,
+    quick: bool,
+    baselines: bool,
+) -> None:
+    """Get the cube (the simulated scene's when `cube` is None), run `sweep(cube_path,
+    echo)`, then write and print its results with the experiment's `settings` and the
+    budget, source and wall time that made them."""
+    from sar2ndvi.experiment import SceneTooSmallError
+
+    start = time.perf_counter()
+    cube_path, simulated = _cube(cube, out, budget, size)
+    try:
+        rows = sweep(cube_path, lambda line: console.print(line, soft_wrap=True))
+    except SceneTooSmallError as exc:
+        raise _too_small_hint(exc, simulated) from exc
+    seconds = time.perf_counter() - start
+    config = {
+        **settings,
+        "budget": budget.to_dict(),
+        "quick": quick,
+        "baselines": baselines,
+        "cube": cube_path,
+        "source": cube,
+        "simulated": simulated,
+        "seconds": round(seconds, 1),
+    }
+    _finish(rows, out, name, config, cube_path, first)
+    console.print(f"[green]done[/] in {seconds:.0f} s", soft_wrap=True)
+
+
 def _finish(rows: list[Any], out: Path, name: str, config: dict, cube: str, first: str) -> None:
     from sar2ndvi.experiment import write_results
 
@@ -250,17 +290,14 @@ def windows_command(
     """The window sweep (the paper's Table 1): a model per local-statistics window, all
     scored on the same held-out block; a CSV table and a plot of each metric against the
     window. CUBE is a cube store or a recipe; without it, the simulated scene."""
-    from sar2ndvi.experiment import PAPER_WINDOWS, SceneTooSmallError, window_sweep
+    from sar2ndvi.experiment import PAPER_WINDOWS, window_sweep
 
     given["num_workers"] = given.pop("workers")
     budget = _budget(quick, (patch_size, overlap), seed=seed, **given)
-    size = size or budget.scene_size
-    start = time.perf_counter()
-    cube_path, simulated = _cube(cube, out, budget, size)
     windows = windows or PAPER_WINDOWS
-    try:
-        rows = window_sweep(
-            cube_path,
+    _run_sweep(
+        lambda path, echo: window_sweep(
+            path,
             out,
             windows,
             budget,
@@ -268,25 +305,18 @@ def windows_command(
             variant_name=variant_name,
             overwrite=overwrite,
             progress=True,
-            echo=lambda s: console.print(s, soft_wrap=True),
-        )
-    except SceneTooSmallError as exc:
-        raise _too_small_hint(exc, simulated) from exc
-    seconds = time.perf_counter() - start
-    config = {
-        "experiment": "windows",
-        "windows": list(windows),
-        "variant": variant_name,
-        "budget": budget.to_dict(),
-        "quick": quick,
-        "baselines": baselines,
-        "cube": cube_path,
-        "source": cube,
-        "simulated": simulated,
-        "seconds": round(seconds, 1),
-    }
-    _finish(rows, out, "window-sweep", config, cube_path, "window")
-    console.print(f"[green]done[/] in {seconds:.0f} s", soft_wrap=True)
+            echo=echo,
+        ),
+        {"experiment": "windows", "windows": list(windows), "variant": variant_name},
+        name="window-sweep",
+        first="window",
+        cube=cube,
+        out=out,
+        budget=budget,
+        size=size or budget.scene_size,
+        quick=quick,
+        baselines=baselines,
+    )
 
 
 @experiment.command("patches")
@@ -319,16 +349,13 @@ def patches_command(
     """The patch-size test: one model per patch configuration, trained on the same blocks
     and scored on the same test pixels. 256 px patches need a cube of 1024 x 1024 px (the
     simulated scene's default, --size 1088, gives one). CUBE is a cube store or a recipe."""
-    from sar2ndvi.experiment import SceneTooSmallError, patch_sweep
+    from sar2ndvi.experiment import patch_sweep
 
     given["num_workers"] = given.pop("workers")
     budget = _budget(quick, (None, None), seed=seed, **given)
-    size = size or PATCHES_SIZE
-    start = time.perf_counter()
-    cube_path, simulated = _cube(cube, out, budget, size)
-    try:
-        rows = patch_sweep(
-            cube_path,
+    _run_sweep(
+        lambda path, echo: patch_sweep(
+            path,
             out,
             configs,
             budget,
@@ -337,26 +364,23 @@ def patches_command(
             variant_name=variant_name,
             overwrite=overwrite,
             progress=True,
-            echo=lambda s: console.print(s, soft_wrap=True),
-        )
-    except SceneTooSmallError as exc:
-        raise _too_small_hint(exc, simulated) from exc
-    seconds = time.perf_counter() - start
-    config = {
-        "experiment": "patches",
-        "configs": [list(c) for c in configs],
-        "window": window,
-        "variant": variant_name,
-        "budget": budget.to_dict(),
-        "quick": quick,
-        "baselines": baselines,
-        "cube": cube_path,
-        "source": cube,
-        "simulated": simulated,
-        "seconds": round(seconds, 1),
-    }
-    _finish(rows, out, "patch-sweep", config, cube_path, "patches")
-    console.print(f"[green]done[/] in {seconds:.0f} s", soft_wrap=True)
+            echo=echo,
+        ),
+        {
+            "experiment": "patches",
+            "configs": [list(c) for c in configs],
+            "window": window,
+            "variant": variant_name,
+        },
+        name="patch-sweep",
+        first="patches",
+        cube=cube,
+        out=out,
+        budget=budget,
+        size=size or PATCHES_SIZE,
+        quick=quick,
+        baselines=baselines,
+    )
 
 
 # added to the `sar2ndvi` group on import (the import sits last, so either module may be
