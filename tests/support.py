@@ -93,3 +93,29 @@ def write_learnable_store(path, *, shape=(160, 192), chunk=64, seed=0, cloud=0.1
                        "sar2ndvi:train_period": "pre"})
     store.write(tree, path, progress=False)
     return path
+
+
+def write_tiny_checkpoint(path, features, *, seed, **unet):
+    """An untrained U-net of width 4, depth 2 (`unet` overrides other UNetConfig fields),
+    seeded, with the normalisation of the feature store `features` and 32 / 16 px
+    patches, saved as a checkpoint at `path`: enough to predict. Returns the path."""
+    import torch
+
+    from sar2ndvi import store
+    from sar2ndvi.checkpoint import Checkpoint, save_checkpoint
+    from sar2ndvi.features import PAPER_CHANNELS
+    from sar2ndvi.model import UNet, UNetConfig
+    from sar2ndvi.patches import PatchSpec
+
+    norm = store.open(features)["/normalisation"].to_dataset()
+    meta = {
+        "normalisation": {
+            "band": list(PAPER_CHANNELS),
+            "center": [float(v) for v in norm["center"].values],
+            "scale": [float(v) for v in norm["scale"].values],
+        },
+        "patch": PatchSpec(32, 16).to_dict(),
+    }
+    torch.manual_seed(seed)
+    save_checkpoint(Checkpoint.from_model(UNet(UNetConfig(width=4, depth=2, **unet)), meta), path)
+    return Path(path)

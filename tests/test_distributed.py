@@ -23,18 +23,15 @@ from click.testing import CliRunner
 
 from sar2ndvi import store
 from sar2ndvi.catalog import select_scenes
-from sar2ndvi.checkpoint import Checkpoint, save_checkpoint
 from sar2ndvi.cli import main
 from sar2ndvi.compute import SCHEDULER_ENV, SchedulerError, active_client, compute_context
 from sar2ndvi.cube import build_cube
-from sar2ndvi.features import PAPER_CHANNELS, FeatureSpec, write_features
+from sar2ndvi.features import FeatureSpec, write_features
 from sar2ndvi.landslides import landslide_inputs, rasterize_inventory, write_inputs
-from sar2ndvi.model import UNet, UNetConfig
-from sar2ndvi.patches import PatchSpec
 from sar2ndvi.publish import ITEM_FILE, write_prediction
 from sar2ndvi.synth.area import scene_recipe
 from tests.faults_support import DieOnce
-from tests.support import write_learnable_store
+from tests.support import write_learnable_store, write_tiny_checkpoint
 
 distributed = pytest.importorskip("distributed")
 
@@ -123,19 +120,9 @@ def test_cli_features_on_a_scheduler_write_the_threaded_bytes(threaded, cluster,
 
 def test_prediction_on_a_cluster_writes_the_threaded_bytes(cluster, tmp_path):
     features = str(write_learnable_store(tmp_path / "features.zarr", shape=(100, 140), chunk=48))
-    torch.manual_seed(2)
-    net = UNet(UNetConfig(width=4, depth=2, dropout=0.0))
-    norm = store.open(features)["/normalisation"].to_dataset()
-    meta = {
-        "normalisation": {
-            "band": list(PAPER_CHANNELS),
-            "center": [float(v) for v in norm["center"].values],
-            "scale": [float(v) for v in norm["scale"].values],
-        },
-        "patch": PatchSpec(32, 16).to_dict(),
-    }
-    model = tmp_path / "model" / "checkpoint.pt"
-    save_checkpoint(Checkpoint.from_model(net, meta), model)
+    model = write_tiny_checkpoint(
+        tmp_path / "model" / "checkpoint.pt", features, seed=2, dropout=0.0
+    )
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as on a worker (distributed sets OMP_NUM_THREADS=1)
     try:

@@ -115,27 +115,12 @@ def test_a_build_killed_half_way_resumes_to_the_same_bytes(tmp_path, scene, stac
 @pytest.fixture(scope="module")
 def predict_inputs(tmp_path_factory):
     """A small feature store and an untrained tiny U-net checkpoint for it."""
-    from sar2ndvi.checkpoint import Checkpoint, save_checkpoint
-    from sar2ndvi.features import PAPER_CHANNELS
-    from sar2ndvi.model import UNet, UNetConfig
-    from sar2ndvi.patches import PatchSpec
-    from tests.support import write_learnable_store
+    from tests.support import write_learnable_store, write_tiny_checkpoint
 
     root = tmp_path_factory.mktemp("predict")
     # one chunk: `detect` below labels objects across chunks, slow for many small ones
     features = write_learnable_store(root / "features.zarr", shape=(96, 112), chunk=112)
-    torch.manual_seed(4)
-    norm = store.open(features)["/normalisation"].to_dataset()
-    meta = {
-        "normalisation": {
-            "band": list(PAPER_CHANNELS),
-            "center": [float(v) for v in norm["center"].values],
-            "scale": [float(v) for v in norm["scale"].values],
-        },
-        "patch": PatchSpec(32, 16).to_dict(),
-    }
-    model = root / "model" / "checkpoint.pt"
-    save_checkpoint(Checkpoint.from_model(UNet(UNetConfig(width=4, depth=2)), meta), model)
+    model = write_tiny_checkpoint(root / "model" / "checkpoint.pt", features, seed=4)
     return str(model), str(features)
 
 

@@ -28,18 +28,18 @@ from click.testing import CliRunner
 
 from sar2ndvi import store
 from sar2ndvi.catalog import select_scenes
-from sar2ndvi.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from sar2ndvi.checkpoint import load_checkpoint
 from sar2ndvi.cli import main
 from sar2ndvi.cube import build_cube
 from sar2ndvi.evaluate import evaluate
-from sar2ndvi.features import PAPER_CHANNELS, FeatureSpec, write_features
+from sar2ndvi.features import FeatureSpec, write_features
 from sar2ndvi.landslides import landslide_inputs, rasterize_inventory, write_inputs
-from sar2ndvi.model import UNet, UNetConfig
+from sar2ndvi.model import UNetConfig
 from sar2ndvi.patches import PatchDataset, PatchSpec, patch_origins
 from sar2ndvi.publish import ITEM_FILE, same_prediction, write_prediction
 from sar2ndvi.synth.area import scene_recipe
 from sar2ndvi.train import TrainConfig, train
-from tests.support import write_learnable_store
+from tests.support import write_learnable_store, write_tiny_checkpoint
 
 s3fs = pytest.importorskip("s3fs")
 boto3 = pytest.importorskip("boto3")
@@ -266,19 +266,7 @@ def test_an_interrupted_s3_write_never_looks_complete_and_resumes(s3, monkeypatc
 def model_and_features(tmp_path_factory, s3):
     root = tmp_path_factory.mktemp("s3-predict")
     features = write_learnable_store(root / "features.zarr", shape=(100, 140), chunk=48)
-    torch.manual_seed(3)
-    net = UNet(UNetConfig(width=4, depth=2, dropout=0.0))
-    norm = store.open(features)["/normalisation"].to_dataset()
-    meta = {
-        "normalisation": {
-            "band": list(PAPER_CHANNELS),
-            "center": [float(v) for v in norm["center"].values],
-            "scale": [float(v) for v in norm["scale"].values],
-        },
-        "patch": PatchSpec(32, 16).to_dict(),
-    }
-    model = root / "model" / "checkpoint.pt"
-    save_checkpoint(Checkpoint.from_model(net, meta), model)
+    model = write_tiny_checkpoint(root / "model" / "checkpoint.pt", features, seed=3, dropout=0.0)
     url = s3.url("features.zarr")
     s3.fs.put(str(features), url.removeprefix("s3://"), recursive=True)
     return str(model), str(features), url
