@@ -340,6 +340,20 @@ class _Bare(str):
         return str(self)
 
 
+def _toml_key(key: str) -> str:
+    """`key` as a TOML dotted-key part: bare when it can be, else a quoted string whose
+    unusual characters are escaped, so a space or ':' in a key cannot blur the message."""
+    if key and all(c.isascii() and (c.isalnum() or c in "_-") for c in key):
+        return key
+
+    def escape(c: str) -> str:
+        if c.isascii() and (c.isalnum() or c in "_-"):
+            return c
+        return f"\\u{ord(c):04x}" if ord(c) <= 0xFFFF else f"\\U{ord(c):08x}"
+
+    return '"' + "".join(escape(c) for c in key) + '"'
+
+
 def _show(value: Any) -> str:
     """A short rendering of a recipe value, dates in ISO form as in TOML."""
 
@@ -399,7 +413,8 @@ class _Parser:
             key = str(raw)
             if key in known:
                 continue
-            where = f"{section}.{key}" if section else key
+            shown_key = _toml_key(key)
+            where = f"{section}.{shown_key}" if section else shown_key
             close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
             if close:
                 hint = f"did you mean '{close[0]}'?"
@@ -543,7 +558,7 @@ class _Parser:
             raise self.fail(where, f"type {_show(kind)} is not Polygon or MultiPolygon; {fix}")
         extra = sorted(str(k) for k in value if k not in ("type", "coordinates", "bbox"))
         if extra:
-            raise self.fail(f"{where}.{extra[0]}", f"unknown key in a geometry; {fix}")
+            raise self.fail(f"{where}.{_toml_key(extra[0])}", f"unknown key in a geometry; {fix}")
         if "coordinates" not in value:
             raise self.fail(f"{where}.coordinates", f"missing; {fix}")
         try:

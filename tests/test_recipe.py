@@ -644,3 +644,14 @@ def _to_toml(data: dict) -> str:
             lines.append(f"\n[{k}]")
             lines.extend(f"{kk} = {value(vv)}" for kk, vv in v.items())
     return "\n".join(lines) + "\n"
+
+
+def test_an_unknown_key_with_odd_characters_is_named_as_toml_would_quote_it(tmp_path):
+    import tomllib
+
+    from sar2ndvi.recipe import RecipeError, parse_recipe
+
+    text = 'name = "t"\n[area]\nbbox = [0, 0, 1, 1]\n"a: b" = 1\n'
+    with pytest.raises(RecipeError, match=r': area\."a\\u003a\\u0020b": unknown key') as err:
+        parse_recipe(tomllib.loads(text), origin=str(tmp_path / "r.toml"))
+    assert "a: b" not in str(err.value).split(": unknown key")[0]
