@@ -345,6 +345,7 @@ def _landslide_stages(run: _Run, scene: Any, paths: _Layout, budget: dict[str, i
         "landslides: segmentation U-net vs CART vs NDVI change, over the input settings",
         lambda: (
             _newer(metrics, paths.prediction / "item.json", paths.model / "checkpoint.pt")
+            and _current_format(metrics)
             and _same_budget(paths.landslides / "landslide-config.json", budget)
         ),
     ) as reused:
@@ -380,6 +381,17 @@ def _landslide_stages(run: _Run, scene: Any, paths: _Layout, budget: dict[str, i
                 cube=str(paths.cube),
                 overwrite=True,
             )
+
+
+def _current_format(metrics_json: Path) -> bool:
+    """Whether `metrics_json` was written by this version's landslide comparison (an older
+    one scored with other rules, e.g. a fixed 0.5 probability cut)."""
+    from sar2ndvi.landslide_eval import METRICS_FORMAT
+
+    try:
+        return json.loads(metrics_json.read_text()).get("format") == METRICS_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _same_budget(config_json: Path, budget: dict[str, int]) -> bool:

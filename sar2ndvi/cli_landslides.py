@@ -72,7 +72,12 @@ def _settings(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple
 @click.option("--threshold", type=float, default=None, help="dNDVI threshold [default: Otsu].")
 @click.option("--min-slope", type=float, default=10.0, show_default=True, help="Degrees.")
 @click.option("--min-area", type=float, default=500.0, show_default=True, help="m^2.")
-@click.option("--probability", type=float, default=0.5, show_default=True, help="U-net cut.")
+@click.option(
+    "--probability",
+    type=float,
+    default=None,
+    help="U-net probability cut [default: the model's validation operating point].",
+)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing landslides.zarr.")
 @_compute_options
@@ -97,7 +102,7 @@ def _detect(
     threshold: float | None = None,
     min_slope: float = 10.0,
     min_area: float = 500.0,
-    probability: float = 0.5,
+    probability: float | None = None,
     device: str = "auto",
     overwrite: bool = False,
     storage_options: dict | None = None,
@@ -186,6 +191,13 @@ def _detect(
 @click.option("--threshold", type=float, default=None, help="dNDVI threshold [default: Otsu].")
 @click.option("--min-slope", type=float, default=10.0, show_default=True)
 @click.option("--min-area", type=float, default=500.0, show_default=True)
+@click.option(
+    "--probability",
+    type=float,
+    default=None,
+    help="One probability cut for U-net and CART [default: each one's validation "
+    "operating point].",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--workers", type=int, default=None, help="Loader processes.")
@@ -215,6 +227,7 @@ def _evaluate_landslides(
     threshold: float | None = None,
     min_slope: float = 10.0,
     min_area: float = 500.0,
+    probability: float | None = None,
     seed: int = 0,
     device: str = "auto",
     workers: int | None = None,
@@ -270,6 +283,7 @@ def _evaluate_landslides(
         threshold=threshold,
         min_slope=min_slope,
         min_area=min_area,
+        probability=probability,
     )
     write_landslide_report(evaluation, out)
     (out / "landslide-config.json").write_text(

@@ -8,6 +8,10 @@ Conventions (the same as scikit-learn's with ``zero_division=0``, checked in the
 a score whose denominator is zero is 0.0 (no predicted positives: precision 0; no reference
 positives: recall 0), and MCC is 0.0 when any marginal is empty. The positive class is the
 landslide.
+
+A `ThresholdCurve` holds, instead of one mask's counts, the histograms of a classifier's
+scores on both classes, so the counts of every cut ``score >= t`` (t on a grid of 1/bins)
+come at once; it picks the operating point, the cut of highest MCC, on validation pixels.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import numpy as np
 
 from sar2ndvi.errors import InputError
 
-__all__ = ["SCORE_KEYS", "Confusion", "confusion", "format_scores"]
+__all__ = ["SCORE_KEYS", "Confusion", "ThresholdCurve", "confusion", "format_scores"]
 
 #: The scores of `Confusion.scores`, in table order.
 SCORE_KEYS = ("precision", "recall", "f1", "mcc", "iou")
@@ -122,6 +126,89 @@ def confusion(predicted: Any, reference: Any, valid: Any = None) -> Confusion:
     fp = int(np.count_nonzero(pred & ~ref))
     fn = int(np.count_nonzero(~pred & ref))
     return Confusion(tp, fp, fn, int(pred.size) - tp - fp - fn)
+
+
+@dataclass(frozen=True)
+class ThresholdCurve:
+    """Score histograms of the positive and negative pixels: the confusion of every cut.
+
+    Bin k < bins holds the scores in [k / bins, (k + 1) / bins) and bin `bins` the scores
+    of 1 (or more), so the cut ``score >= k / bins`` predicts exactly the pixels of bins k
+    and above. Curves over the same bins add up, like `Confusion`.
+
+    Attributes:
+        positives, negatives: (bins + 1,) int64 counts of the reference-positive and -negative
+            scored pixels per score bin.
+    """
+
+    positives: np.ndarray
+    negatives: np.ndarray
+
+    @classmethod
+    def empty(cls, bins: int = 1000) -> ThresholdCurve:
+        return cls(np.zeros(bins + 1, np.int64), np.zeros(bins + 1, np.int64))
+
+    @classmethod
+    def of(
+        cls, scores: Any, reference: Any, valid: Any = None, *, bins: int = 1000
+    ) -> ThresholdCurve:
+        """The curve of `scores` in [0, 1] (e.g. probabilities) against a 0/1 `reference`
+        over the `valid` pixels (default all; NaN scores are never counted)."""
+        score = np.asarray(scores, dtype=np.float64)
+        ref = np.asarray(reference)
+        if score.shape != ref.shape:
+            raise InputError(f"scores {score.shape} and reference {ref.shape} differ")
+        keep = np.isfinite(score)
+        if valid is not None:
+            keep &= np.asarray(valid, dtype=bool)
+        ref_bool = _as_bool(ref, "reference")[keep]
+        index = np.clip(np.floor(score[keep] * bins), 0, bins).astype(np.int64)
+        return cls(
+            np.bincount(index[ref_bool], minlength=bins + 1),
+            np.bincount(index[~ref_bool], minlength=bins + 1),
+        )
+
+    def __add__(self, other: ThresholdCurve) -> ThresholdCurve:
+        if self.bins != other.bins:
+            raise InputError(f"curves of {self.bins} and {other.bins} bins do not add up")
+        return ThresholdCurve(self.positives + other.positives, self.negatives + other.negatives)
+
+    @property
+    def bins(self) -> int:
+        return int(self.positives.size) - 1
+
+    def at(self, threshold: float) -> Confusion:
+        """The confusion of the cut ``score >= threshold`` (threshold rounded up to the grid)."""
+        k = int(np.clip(np.ceil(threshold * self.bins - 1e-9), 0, self.bins + 1))
+        return self._confusions()[k]
+
+    def _confusions(self) -> list[Confusion]:
+        # tp[k] = positives with score >= k / bins, for k = 0..bins + 1 (none predicted)
+        tp = np.concatenate([np.cumsum(self.positives[::-1])[::-1], [0]])
+        fp = np.concatenate([np.cumsum(self.negatives[::-1])[::-1], [0]])
+        p, n = int(self.positives.sum()), int(self.negatives.sum())
+        return [
+            Confusion(int(a), int(b), p - int(a), n - int(b)) for a, b in zip(tp, fp, strict=True)
+        ]
+
+    def best_threshold(self) -> tuple[float, Confusion]:
+        """The cut of highest MCC and its confusion.
+
+        The cuts across a stretch of empty bins predict the same pixels; of the best
+        cut's stretch the middle is returned, so a threshold chosen on validation scores
+        sits between the score levels it separates rather than on one of them. With no
+        positive (or no negative) pixel every cut scores 0 and 0.5 is returned.
+        """
+        confusions = self._confusions()
+        mcc = np.array([c.mcc for c in confusions])
+        if not self.positives.any() or not self.negatives.any():
+            return 0.5, self.at(0.5)
+        best = int(np.argmax(mcc))
+        last = best
+        # cut k + 1 differs from cut k by bin k: while that bin is empty, the same pixels
+        while last <= self.bins and not (self.positives[last] or self.negatives[last]):
+            last += 1
+        return (best + last) / 2 / self.bins, confusions[best]
 
 
 def format_scores(rows: dict[str, Confusion], *, title: str = "") -> str:

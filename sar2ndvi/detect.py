@@ -84,7 +84,7 @@ def detect_unet(
     *,
     prediction: Any = None,
     cube: Any = None,
-    probability: float = 0.5,
+    probability: float | None = None,
     min_area: float = 500.0,
     device: str = "cpu",
     batch_size: int = 16,
@@ -96,6 +96,10 @@ def detect_unet(
     given stores (`landslide_inputs`) and its probabilities predicted chunk by chunk.
 
     Args:
+        probability: the cut: a pixel at or above it is a landslide. None: the
+            checkpoint's operating point (``threshold``, the cut of highest validation MCC
+            that `sar2ndvi.segment.train_segmentation` records), or 0.5 for a checkpoint
+            without one.
         scratch: a local Zarr path for the probabilities. Given, they are predicted once,
             written there chunk by chunk and read back, so that labelling the objects
             (which counts them, then labels each block through separately optimised
@@ -110,6 +114,8 @@ def detect_unet(
             f"{model}: not a landslide segmentation checkpoint (train one with "
             "`sar2ndvi evaluate-landslides`)"
         )
+    if probability is None:
+        probability = float(checkpoint.metadata.get("threshold", 0.5))
     layers = list(checkpoint.metadata["normalisation"]["band"])
     # the polygons' statistics: dNDVI (radar-derived when given) and slope
     change = "radar_dndvi" if prediction is not None else "dndvi"

@@ -12,6 +12,10 @@ Pixel scores: precision, recall, F1, MCC and IoU of the landslide class (`Confus
 Object scores: the share of inventory landslides in the test area that the prediction
 touches (``hit``), and the share of predicted objects (8-connected) that touch an
 inventory landslide (``matched``).
+
+The U-net and CART cut their probabilities at their own operating points, chosen on the
+validation blocks (`sar2ndvi.segment`), unless one fixed cut is given (``probability``);
+the cuts are reported with the scores.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from sar2ndvi.train import resolve_device
 
 __all__ = [
     "METHODS",
+    "METRICS_FORMAT",
     "LandslideEvaluation",
     "ObjectCounts",
     "evaluate_landslides",
@@ -51,6 +56,9 @@ UNET, CART, THRESHOLD = "U-net", "CART", "dNDVI threshold"
 METHODS = (UNET, CART, THRESHOLD)
 #: Settings scored with the threshold method, and the change layer it thresholds.
 THRESHOLD_LAYERS = {"2": "dndvi", "5": "radar_dndvi"}
+#: Version of ``landslide-metrics.json``; 2 added the rows' probability ``cut`` (operating
+#: points chosen on validation blocks), so results of version 1 are not comparable.
+METRICS_FORMAT = "sar2ndvi-landslide-metrics/2"
 
 
 @dataclass(frozen=True)
@@ -105,6 +113,8 @@ class LandslideEvaluation:
     objects: dict[tuple[str, str], ObjectCounts]
     thresholds: dict[str, float] = field(default_factory=dict)
     shown: dict[str, Any] = field(default_factory=dict)
+    #: (setting, method) -> the probability cut of the U-net and CART rows.
+    cuts: dict[tuple[str, str], float] = field(default_factory=dict)
 
     def rows(self) -> list[dict[str, Any]]:
         out = []
@@ -120,6 +130,7 @@ class LandslideEvaluation:
                     "matched_rate": objects.matched_rate,
                     "landslides": objects.reference,
                     "objects": objects.predicted,
+                    "cut": self.cuts.get((key, method)),
                 }
             )
         return out
@@ -132,7 +143,7 @@ class LandslideEvaluation:
                 f"{k if k != 'f1' else 'F1':>10}"
                 for k in ("precision", "recall", "f1", "mcc", "iou")
             )
-            + f"{'hit':>8}{'matched':>9}"
+            + f"{'hit':>8}{'matched':>9}{'cut':>7}"
         )
         lines = [head, "-" * len(head)]
         for row in self.rows():
@@ -141,11 +152,12 @@ class LandslideEvaluation:
                 f"{label:<34} {row['method']:<16}"
                 + "".join(f"{row[k]:>10.3f}" for k in SCORE_KEYS)
                 + f"{row['hit_rate']:>8.2f}{row['matched_rate']:>9.2f}"
+                + (f"{row['cut']:>7.3f}" if row["cut"] is not None else f"{'-':>7}")
             )
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rows": self.rows(), "thresholds": self.thresholds}
+        return {"format": METRICS_FORMAT, "rows": self.rows(), "thresholds": self.thresholds}
 
 
 def evaluate_landslides(
@@ -159,7 +171,7 @@ def evaluate_landslides(
     threshold: float | None = None,
     min_slope: float = 10.0,
     min_area: float = 500.0,
-    probability: float = 0.5,
+    probability: float | None = None,
     progress: bool = True,
 ) -> LandslideEvaluation:
     """Train and score every (setting, method) on the split (see the module doc).
@@ -174,7 +186,9 @@ def evaluate_landslides(
         cart_pixels: training pixels of each CART.
         threshold, min_slope, min_area: the change method's settings (`detect_change`);
             threshold None: Otsu's on the scene.
-        probability: U-net and CART probability above which a pixel is a landslide.
+        probability: one probability cut (a pixel at or above it is a landslide) for the
+            U-net and CART; None: each model's operating point, chosen on the validation
+            blocks.
         progress: print progress.
     """
     config = config or SegmentConfig(patch=split.spec)
@@ -200,6 +214,7 @@ def evaluate_landslides(
     probabilities: dict[tuple[str, str], Any] = {}
     carts: dict[str, Any] = {}
     thresholds: dict[str, float] = {}
+    cuts: dict[tuple[str, str], float] = {}
     for s in chosen:
         if progress:
             print(f"setting {s.key} ({s.name}): training the segmentation U-net", flush=True)
@@ -210,6 +225,8 @@ def evaluate_landslides(
             run.checkpoint, inputs, period=INPUT_GROUP, device=device
         ).isel(layer=0, drop=True)
         carts[s.key] = fit_cart(inputs, s, split, pixels=cart_pixels, seed=config.seed)
+        cuts[(s.key, UNET)] = run.threshold if probability is None else probability
+        cuts[(s.key, CART)] = carts[s.key].threshold if probability is None else probability
         if s.key in THRESHOLD_LAYERS:
             change = detect_change(
                 group["features"].sel(band=THRESHOLD_LAYERS[s.key]),
@@ -236,14 +253,13 @@ def evaluate_landslides(
         scored = area.covered & (gaps.values == 0)
         truth = ids.values > 0
         predicted: dict[tuple[str, str], np.ndarray] = {
-            key: prob.values >= (0.5 if key[1] == THRESHOLD else probability)
-            for key, prob in computed.items()
+            key: prob.values >= cuts.get(key, 0.5) for key, prob in computed.items()
         }
         for s in chosen:
             channels = setting_channels(bands, s)
             x = normalise_channels(feats.values, center, scale)[channels]
-            proba = carts[s.key].predict_proba(x.reshape(len(channels), -1).T)[:, 1]
-            predicted[(s.key, CART)] = proba.reshape(scored.shape) >= probability
+            proba = carts[s.key].probability(x.reshape(len(channels), -1).T)
+            predicted[(s.key, CART)] = proba.reshape(scored.shape) >= cuts[(s.key, CART)]
         for s in chosen:
             for method in METHODS:
                 key = (s.key, method)
@@ -267,7 +283,7 @@ def evaluate_landslides(
                 },
                 "predicted": predicted,
             }
-    return LandslideEvaluation(pixels, objects, thresholds, shown)
+    return LandslideEvaluation(pixels, objects, thresholds, shown, cuts)
 
 
 def write_landslide_figure(

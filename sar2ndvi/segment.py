@@ -15,6 +15,12 @@ blends and reassembles its probabilities like NDVI.
 
 `fit_cart` is the Jolster paper's pixel-wise baseline: a scikit-learn decision tree (CART)
 on a sample of the same training pixels and layers, with balanced class weights.
+
+Both methods carry an operating point: the probability cut of highest MCC on the
+validation patches (`sar2ndvi.confusion.ThresholdCurve`), chosen for the U-net at its best
+epoch and stored in its checkpoint (``threshold``). A class-balanced loss or class weights
+shift probabilities towards the landslide class, so 0.5 is not a neutral cut; choosing it
+on validation ground keeps the test blocks unseen.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from sar2ndvi.train import resolve_device
 
 __all__ = [
     "MAX_POS_WEIGHT",
+    "CartBaseline",
     "SegmentConfig",
     "SegmentResult",
     "fit_cart",
@@ -113,6 +120,8 @@ class SegmentResult:
     best_val_loss: float
     history: list[dict[str, float]]
     pos_weight: float
+    #: Operating point: the probability cut of highest validation MCC at the best epoch.
+    threshold: float = 0.5
 
     @property
     def checkpoint(self) -> Path:
@@ -194,11 +203,12 @@ def _validate(
     pos_weight: float,
     dice_weight: float,
 ) -> dict[str, float]:
-    """Validation loss (pixel-weighted mean) and the MCC of the 0.5 threshold."""
-    from sar2ndvi.confusion import Confusion, confusion
+    """Validation loss (pixel-weighted mean), the MCC of the 0.5 cut, and the operating
+    point: the probability cut of highest validation MCC (`ThresholdCurve`)."""
+    from sar2ndvi.confusion import ThresholdCurve
 
     model.eval()
-    total, weight, counts = 0.0, 0.0, Confusion()
+    total, weight, curve = 0.0, 0.0, ThresholdCurve.empty()
     with torch.inference_mode():
         for batch in loader:
             x = _select(batch["x"], channels, bands).to(device)
@@ -214,11 +224,21 @@ def _validate(
                 * n
             )
             weight += n
-            pred = (logits > 0).cpu().numpy()
-            counts = counts + confusion(pred, batch["y"].numpy() > 0.5, batch["mask"].numpy())
+            probability = torch.sigmoid(logits.float()).cpu().numpy()
+            curve = curve + ThresholdCurve.of(
+                probability, batch["y"].numpy() > 0.5, batch["mask"].numpy()
+            )
     if weight == 0:
         raise InputError("the validation patches hold no valid pixel")
-    return {"val_loss": total / weight, "val_mcc": counts.mcc, "val_f1": counts.f1}
+    threshold, best = curve.best_threshold()
+    half = curve.at(0.5)
+    return {
+        "val_loss": total / weight,
+        "val_mcc": half.mcc,
+        "val_f1": half.f1,
+        "val_best_mcc": best.mcc,
+        "threshold": threshold,
+    }
 
 
 def train_segmentation(
@@ -314,7 +334,7 @@ def train_segmentation(
     (out / "config.json").write_text(json.dumps(metadata["segment_config"], indent=1))
 
     history: list[dict[str, float]] = []
-    best_val, best_epoch, bad = math.inf, -1, 0
+    best_val, best_epoch, bad, threshold = math.inf, -1, 0, 0.5
     for epoch in range(config.epochs):
         started = time.perf_counter()
         train_loader.sampler.set_epoch(epoch)
@@ -337,7 +357,14 @@ def train_segmentation(
         improved = val["val_loss"] < best_val
         if improved:
             best_val, best_epoch, bad = val["val_loss"], epoch, 0
-            meta = {**metadata, "epoch": epoch + 1, "val_loss": val["val_loss"]}
+            threshold = val["threshold"]
+            meta = {
+                **metadata,
+                "epoch": epoch + 1,
+                "val_loss": val["val_loss"],
+                # the operating point `detect` and `evaluate_landslides` cut at by default
+                "threshold": val["threshold"],
+            }
             save_checkpoint(Checkpoint.from_model(model, meta), out / BEST)
         else:
             bad += 1
@@ -353,13 +380,16 @@ def train_segmentation(
         if progress:
             print(
                 f"  setting {setting.key} epoch {epoch + 1:3d}  train {row['train_loss']:.4f}  "
-                f"val {val['val_loss']:.4f}  val MCC {val['val_mcc']:.3f}  "
+                f"val {val['val_loss']:.4f}  val MCC {val['val_mcc']:.3f} "
+                f"({val['val_best_mcc']:.3f} at {val['threshold']:.3f})  "
                 f"{row['seconds']:.0f} s" + ("  *" if improved else ""),
                 flush=True,
             )
         if bad >= config.patience:
             break
-    result = SegmentResult(out, setting.key, best_epoch + 1, best_val, history, pos_weight)
+    result = SegmentResult(
+        out, setting.key, best_epoch + 1, best_val, history, pos_weight, threshold
+    )
     _write_finished(out, identity, result)
     return result
 
@@ -391,6 +421,8 @@ def _finished_run(out: Path, identity: dict[str, Any]) -> SegmentResult | None:
     # JSON turns tuples into lists: compare through the same round trip
     if record.get("identity") != json.loads(json.dumps(identity)):
         return None
+    if "threshold" not in record:  # written before runs chose an operating point
+        return None
     return SegmentResult(
         out,
         record["setting"],
@@ -398,6 +430,7 @@ def _finished_run(out: Path, identity: dict[str, Any]) -> SegmentResult | None:
         record["best_val_loss"],
         record["history"],
         record["pos_weight"],
+        record["threshold"],
     )
 
 
@@ -409,6 +442,7 @@ def _write_finished(out: Path, identity: dict[str, Any], result: SegmentResult) 
         "best_val_loss": result.best_val_loss,
         "history": result.history,
         "pos_weight": result.pos_weight,
+        "threshold": result.threshold,
     }
     tmp = out / (FINISHED_FILE + ".tmp")
     tmp.write_text(json.dumps(record, indent=1))
@@ -424,6 +458,24 @@ def _write_history(path: Path, history: list[dict[str, float]]) -> None:
     os.replace(tmp, path)
 
 
+@dataclass(frozen=True)
+class CartBaseline:
+    """A fitted pixel-wise CART and its operating point.
+
+    Attributes:
+        tree: the fitted ``sklearn.tree.DecisionTreeClassifier``.
+        threshold: the landslide-probability cut of highest MCC on validation pixels
+            (0.5 when the split has no validation patch).
+    """
+
+    tree: Any
+    threshold: float
+
+    def probability(self, x: np.ndarray) -> np.ndarray:
+        """(n, C) normalised pixels of the setting's layers -> (n,) landslide probability."""
+        return self.tree.predict_proba(x)[:, 1]
+
+
 def fit_cart(
     inputs: str | os.PathLike,
     setting: Setting,
@@ -433,25 +485,40 @@ def fit_cart(
     min_samples_leaf: int = 20,
     min_valid: float = 0.5,
     seed: int = 0,
-) -> Any:
+) -> CartBaseline:
     """The pixel-wise CART baseline on the training pixels of one setting.
 
     A ``sklearn.tree.DecisionTreeClassifier`` (Gini, balanced class weights, leaves of at
     least `min_samples_leaf` pixels) on up to `pixels` valid pixels sampled across the
-    training patches, inputs normalised as the U-net's. Returns the fitted tree; its
-    ``predict_proba(x)[:, 1]`` is the landslide probability of (n, C) normalised pixels.
+    training patches, inputs normalised as the U-net's. Its operating point is chosen as
+    the U-net's is: the probability cut of highest MCC on up to `pixels` pixels of the
+    validation patches.
     """
     from sklearn.tree import DecisionTreeClassifier
 
+    from sar2ndvi.confusion import ThresholdCurve
     from sar2ndvi.evaluate import pixel_sample
 
-    origins = select_patches(
-        inputs, INPUT_GROUP, split.patches("train"), split.spec, min_valid=min_valid
-    )
-    dataset = PatchDataset(inputs, origins, split.spec, group=INPUT_GROUP)
-    channels = setting_channels(dataset.bands, setting)
-    x, y = pixel_sample(dataset, pixels, seed)
+    def sample(role: str) -> tuple[np.ndarray, np.ndarray] | None:
+        origins = select_patches(
+            inputs, INPUT_GROUP, split.patches(role), split.spec, min_valid=min_valid
+        )
+        if len(origins) == 0:
+            return None
+        dataset = PatchDataset(inputs, origins, split.spec, group=INPUT_GROUP)
+        channels = setting_channels(dataset.bands, setting)
+        x, y = pixel_sample(dataset, pixels, seed)
+        return x[:, channels], y > 0.5
+
+    train = sample("train")
+    if train is None:
+        raise InputError(f"{inputs}: the split's train blocks hold no usable patch")
     tree = DecisionTreeClassifier(
         class_weight="balanced", min_samples_leaf=min_samples_leaf, random_state=seed
     )
-    return tree.fit(x[:, channels], (y > 0.5).astype(np.int8))
+    tree.fit(train[0], train[1].astype(np.int8))
+    val = sample("val")
+    if val is None:
+        return CartBaseline(tree, 0.5)
+    threshold, _ = ThresholdCurve.of(tree.predict_proba(val[0])[:, 1], val[1]).best_threshold()
+    return CartBaseline(tree, threshold)

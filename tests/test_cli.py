@@ -143,6 +143,18 @@ def test_demo_runs_every_stage_then_reuses_them(tmp_path):
     # reused stages keep the seconds of the run that computed them
     assert rerun["train"]["reused"]
     assert rerun["train"]["seconds"] == next(t for t in times if t["name"] == "train")["seconds"]
+    # a landslide comparison written by an older version (other scoring rules) is redone;
+    # its finished segmentation runs are reused
+    metrics_json = out / "landslides" / "landslide-metrics.json"
+    old = json.loads(metrics_json.read_text())
+    del old["format"]
+    metrics_json.write_text(json.dumps(old))
+    third = CliRunner(env={"COLUMNS": "240"}).invoke(main, [*args, "--stop-after", "landslides"])
+    assert third.exit_code == 0, third.output
+    line = next(x for x in third.output.splitlines() if x.startswith("landslides stage: "))
+    assert not line.endswith("(reused)"), line
+    assert third.output.count("finished run: reused") == 5
+    assert json.loads(metrics_json.read_text())["rows"] == rows
 
 
 def _recipe_file(tmp_path, scene, api_url):

@@ -16,7 +16,7 @@ from sklearn import metrics as skm
 
 from sar2ndvi import store
 from sar2ndvi.change import detect_change, disk, label_objects, otsu_threshold
-from sar2ndvi.confusion import Confusion, confusion
+from sar2ndvi.confusion import Confusion, ThresholdCurve, confusion
 from sar2ndvi.errors import InputError
 from sar2ndvi.landslide_eval import object_counts
 from sar2ndvi.landslides import SETTINGS, rasterize_inventory, read_inventory, setting
@@ -59,6 +59,43 @@ def test_scores_match_scikit_learn(seed, p_pred, p_true):
     assert c.f1 == pytest.approx(skm.f1_score(y, p, zero_division=0))
     assert c.iou == pytest.approx(skm.jaccard_score(y, p, zero_division=0))
     assert c.mcc == pytest.approx(skm.matthews_corrcoef(y, p), abs=1e-12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 6), st.sampled_from([10, 100, 1000]))
+def test_threshold_curve_finds_the_cut_of_highest_mcc(seed, levels, bins):
+    rng = np.random.default_rng(seed)
+    truth = rng.random(500) < 0.2
+    # scores on a few levels (like a tree's leaves) or continuous, leaning to the truth
+    noise = rng.integers(0, levels, 500) / levels if levels > 1 else rng.random(500)
+    score = np.clip(0.6 * truth + 0.7 * noise - 0.1, 0, 1)
+    valid = rng.random(500) < 0.9
+    curve = ThresholdCurve.of(score, truth, valid, bins=bins)
+    cut, best = curve.best_threshold()
+    y, s = truth[valid], score[valid]
+    # the cut's confusion is the mask's, and no cut on the grid scores higher
+    assert best == confusion(s >= cut, y)
+    cuts = np.linspace(0, 1, bins + 1)
+    grid_best = max(confusion(s >= t, y).mcc for t in cuts)
+    if y.any() and (~y).any():
+        assert best.mcc == pytest.approx(grid_best, abs=1e-12)
+        assert best.mcc == pytest.approx(skm.matthews_corrcoef(y, s >= cut), abs=1e-12)
+    for k in (0, bins // 3, bins // 2, bins):
+        assert curve.at(k / bins) == confusion(s >= k / bins, y)
+    halves = ThresholdCurve.of(score[:200], truth[:200], valid[:200], bins=bins)
+    rest = ThresholdCurve.of(score[200:], truth[200:], valid[200:], bins=bins)
+    assert (halves + rest).at(0.5) == curve.at(0.5)
+
+
+def test_threshold_curve_sits_between_score_levels():
+    # two score levels: every cut in (0.2, 0.7] separates them perfectly
+    score = np.array([0.2] * 50 + [0.7] * 10)
+    truth = np.array([0] * 50 + [1] * 10)
+    cut, best = ThresholdCurve.of(score, truth).best_threshold()
+    assert best.mcc == 1.0
+    assert cut == pytest.approx(0.4505)  # midway between the cuts 0.201 and 0.7
+    # no positive pixel: no cut is better than another, 0.5 is kept
+    assert ThresholdCurve.of(score, np.zeros(60)).best_threshold()[0] == 0.5
 
 
 def test_counts_pool_by_addition_and_masked_pixels_never_count():

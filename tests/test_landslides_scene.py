@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from sar2ndvi import store
 from sar2ndvi.catalog import select_scenes
+from sar2ndvi.checkpoint import load_checkpoint
 from sar2ndvi.cli import main
 from sar2ndvi.confusion import confusion
 from sar2ndvi.cube import build_cube
@@ -97,6 +98,14 @@ def test_evaluate_landslides_scores_every_setting_and_method(event, tmp_path, mo
     for name in ("landslide-metrics.csv", "landslide-map.png", "landslide-config.json"):
         assert (out / name).stat().st_size > 0
     assert (out / "models" / "setting-3" / "checkpoint.pt").exists()
+    # each U-net and CART cuts at its operating point, chosen on the validation blocks and
+    # reported; the U-net's is the one its checkpoint and finished run record
+    cut = by[("3", "U-net")]["cut"]
+    assert cut == load_checkpoint(out / "models" / "setting-3").metadata["threshold"]
+    finished = json.loads((out / "models" / "setting-3" / "finished.json").read_text())
+    assert finished["threshold"] == cut
+    assert 0 <= by[("2", "CART")]["cut"] <= 1
+    assert by[("2", "dNDVI threshold")]["cut"] is None
     # a re-run reuses the finished segmentation runs and scores the same
     again = _run(args)
     assert again.count("finished run: reused") == 2
@@ -127,3 +136,6 @@ def test_evaluate_landslides_scores_every_setting_and_method(event, tmp_path, mo
     assert np.nanmin(score) >= 0
     assert np.nanmax(score) <= 1
     assert np.array_equal(layers["mask"].values == 1, layers["label"].values > 0)
+    # with no --probability, detect cuts at the checkpoint's operating point
+    assert layers.attrs["sar2ndvi:probability"] == cut
+    assert np.array_equal(layers["mask"].values == 1, score >= cut)
