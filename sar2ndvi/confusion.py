@@ -199,10 +199,10 @@ class ThresholdCurve:
         sits between the score levels it separates rather than on one of them. With no
         positive (or no negative) pixel every cut scores 0 and 0.5 is returned.
         """
-        confusions = self._confusions()
-        mcc = np.array([c.mcc for c in confusions])
         if not self.positives.any() or not self.negatives.any():
             return 0.5, self.at(0.5)
+        confusions = self._confusions()
+        mcc = np.array([c.mcc for c in confusions])
         best = int(np.argmax(mcc))
         last = best
         # cut k + 1 differs from cut k by bin k: while that bin is empty, the same pixels

@@ -121,7 +121,7 @@ class SegmentResult:
     history: list[dict[str, float]]
     pos_weight: float
     #: Operating point: the probability cut of highest validation MCC at the best epoch.
-    threshold: float = 0.5
+    threshold: float
 
     @property
     def checkpoint(self) -> Path:
