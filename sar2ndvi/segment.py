@@ -31,7 +31,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -516,9 +516,9 @@ def fit_cart(
     tree = DecisionTreeClassifier(
         class_weight="balanced", min_samples_leaf=min_samples_leaf, random_state=seed
     )
-    tree.fit(train[0], train[1].astype(np.int8))
+    fitted = CartBaseline(tree.fit(train[0], train[1].astype(np.int8)), 0.5)
     val = sample("val")
     if val is None:
-        return CartBaseline(tree, 0.5)
-    threshold, _ = ThresholdCurve.of(tree.predict_proba(val[0])[:, 1], val[1]).best_threshold()
-    return CartBaseline(tree, threshold)
+        return fitted
+    threshold, _ = ThresholdCurve.of(fitted.probability(val[0]), val[1]).best_threshold()
+    return replace(fitted, threshold=threshold)
